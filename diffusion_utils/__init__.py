@@ -1,0 +1,39 @@
+"""diffusion_utils: a small, tested pixel-space DDPM (Ho et al. 2020) for 64×64 flowers.
+
+One module per idea, each readable top to bottom:
+
+- :mod:`~diffusion_utils.config` — :class:`TrainConfig`, every hyperparameter, presets
+- :mod:`~diffusion_utils.schedule` — :class:`NoiseSchedule`, the forward process q(xₜ | x₀)
+- :mod:`~diffusion_utils.model` — :class:`UNet`, the noise predictor ε_θ(xₜ, t)
+- :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers
+- :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
+- :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
+- :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
+- :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
+- :mod:`~diffusion_utils.widgets` — the denoising slider
+- :mod:`~diffusion_utils.cli` — ``python -m diffusion_utils train|sample``
+"""
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
+from .config import DATA_ENV, PRESET_ENV, TrainConfig, resolve_device
+from .data import ImageDataset, load_dataset, make_synthetic_flowers
+from .errors import CheckpointError, ConfigError, DataError, DiffusionError, TrainingDiverged
+from .model import UNet, count_parameters, sinusoidal_embedding
+from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
+from .schedule import NoiseSchedule
+from .training import TrainResult, make_ema, train
+from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_schedules,
+                            save_animation, save_grid, save_large_sample, show_images)
+from .widgets import DenoisingSlider, denoising_slider
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",
+    "DenoisingSlider", "DiffusionError", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
+    "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
+    "load_checkpoint", "load_dataset", "load_model", "make_ema", "make_synthetic_flowers", "p_sample",
+    "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_schedules", "resolve_device", "sample",
+    "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
+    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",
+]

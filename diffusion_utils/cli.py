@@ -1,0 +1,186 @@
+"""Command line: ``python -m diffusion_utils train …`` and ``python -m diffusion_utils sample …``.
+
+train  writes  OUT/diffusion_unet_pixels.pth  (checkpoint: model, EMA, optimizer, config, RNG)
+               OUT/loss.png, OUT/epoch_samples.png, OUT/samples/epoch_NNN.png
+sample writes  OUT/samples_grid.png, OUT/diffusion_animation.gif, OUT/generated_pixel_diffusion.png
+
+Mistakes in input (a bad count, beta_end <= beta_start, an image size the UNet cannot halve, an
+unknown dataset, an empty folder, a missing/corrupt/mismatched checkpoint) print one line and
+exit with status 2, before anything on disk is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from .config import PRESET_ENV, SAMPLERS, TrainConfig, resolve_device
+from .errors import DiffusionError
+from .sampling import sample
+from .training import train
+from .visualization import save_animation, save_grid, save_large_sample
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (plus the exit status 2), not a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+# CLI flag → TrainConfig field, for the train command's overrides (None = not given).
+TRAIN_OVERRIDES = {
+    "data": ("data", str, "flowers102, synthetic, or a folder of images"),
+    "data_root": ("data_root", str, "where Flowers102 is (or will be downloaded)"),
+    "epochs": ("num_epochs", _positive_int, "number of epochs"),
+    "batch_size": ("batch_size", _positive_int, "batch size"),
+    "img_size": ("img_size", _positive_int, "image height = width in pixels"),
+    "max_images": ("max_images", _positive_int, "train on a random subset of this many images"),
+    "lr": ("lr", float, "AdamW learning rate"),
+    "n_steps": ("n_steps", _positive_int, "diffusion steps T"),
+    "schedule": ("schedule", str, "linear or cosine"),
+    "beta_start": ("beta_start", float, "first beta of the linear schedule"),
+    "beta_end": ("beta_end", float, "last beta of the linear schedule"),
+    "base_channels": ("base_channels", _positive_int, "UNet channels at full resolution"),
+    "sample_every": ("sample_every", _positive_int, "save a sample grid every N epochs"),
+    "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp"),
+    "sample_steps": ("sample_steps", _positive_int, "network calls per sample for ddim/dpmpp"),
+    "device": ("device", str, "auto, cpu, cuda or mps"),
+    "seed": ("seed", _non_negative_int, "random seed"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m diffusion_utils",
+                     description="Train and sample a pixel-space DDPM on 64×64 flowers.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    tr = commands.add_parser("train", help="train a model (writes a checkpoint and figures)")
+    tr.add_argument("--preset", choices=("quick", "full"), default=None,
+                    help=f"quick: minutes on a CPU; full: the original 64 px, 300-epoch run "
+                         f"(default: ${PRESET_ENV} or full)")
+    tr.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    for flag, (_, kind, text) in TRAIN_OVERRIDES.items():
+        tr.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=text)
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from OUT/diffusion_unet_pixels.pth with its saved settings")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in OUT")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sa = commands.add_parser("sample", help="generate images from a checkpoint")
+    sa.add_argument("--checkpoint", required=True, help=f"a {CHECKPOINT_NAME} written by train")
+    sa.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
+    sa.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    sa.add_argument("--sampler", choices=SAMPLERS, default=None,
+                    help="ddpm (T ancestral steps), ddim or dpmpp (default: the checkpoint's)")
+    sa.add_argument("--steps", type=_positive_int, default=None,
+                    help="network calls per image for ddim/dpmpp (default: the checkpoint's)")
+    sa.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic … 1 DDPM-like")
+    sa.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    sa.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sa.add_argument("--frames", type=_positive_int, default=40, help="frames in the GIF (default 40)")
+    sa.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+    sa.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_train(args) -> int:
+    out = Path(args.out)
+    overrides = {field: getattr(args, flag) for flag, (field, _, _) in TRAIN_OVERRIDES.items()
+                 if getattr(args, flag) is not None}
+    ckpt = out / CHECKPOINT_NAME
+    if args.resume:
+        # The checkpoint's own settings, changed only where a flag was given (e.g. --epochs).
+        config = load_checkpoint(ckpt)["config"].replace(**overrides)
+    else:
+        if ckpt.exists() and not args.overwrite:
+            raise DiffusionError(f"{ckpt} already exists; pass --resume to continue it, --overwrite "
+                                 f"to replace it, or --out to choose another folder")
+        config = (TrainConfig.preset(args.preset, **overrides) if args.preset
+                  else TrainConfig.from_env(**overrides))
+    device = resolve_device(config.device)
+    print(f"Training on {device} with {_describe(config)} → {out}/", file=sys.stderr)
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    rate = result.images_seen / max(result.seconds, 1e-9)
+    print(f"Done: {len(result.losses)} steps in {result.seconds:.0f} s ({rate:.0f} images/s); "
+          f"final loss {sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}.\n"
+          f"Wrote {result.checkpoint_path}, {out / 'loss.png'}, {out / 'epoch_samples.png'}.\n"
+          f"Next: python -m diffusion_utils sample --checkpoint {result.checkpoint_path}")
+    return 0
+
+
+def run_sample(args) -> int:
+    device = resolve_device(args.device)
+    model, schedule, config = load_model(args.checkpoint, device, use_ema=not args.raw_weights)
+    sampler = args.sampler or config.sampler
+    if args.steps is not None:
+        steps = args.steps
+    elif sampler == config.sampler:
+        steps = config.steps_for_sampling
+    else:
+        steps = schedule.n_steps if sampler == "ddpm" else min(50, schedule.n_steps)
+    if sampler == "ddpm" and steps != schedule.n_steps:
+        raise DiffusionError(f"the ddpm sampler always takes all {schedule.n_steps} steps; drop --steps "
+                             f"or use --sampler ddim or dpmpp")
+    if not 1 <= steps <= schedule.n_steps:
+        raise DiffusionError(f"--steps must be between 1 and {schedule.n_steps}; got {steps}")
+    if not 0.0 <= args.eta <= 1.0:
+        raise DiffusionError(f"--eta must be between 0 and 1; got {args.eta}")
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    print(f"Sampling {args.n} images with {sampler} ({steps} steps) on {device} …", file=sys.stderr)
+    start = time.perf_counter()
+    images, trajectory = sample(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
+                                generator=torch.Generator().manual_seed(args.seed), bf16=config.bf16,
+                                return_trajectory=True, trajectory_frames=args.frames,
+                                progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    grid = save_grid(images, out / "samples_grid.png")
+    gif = save_animation(trajectory, out / "diffusion_animation.gif", n_frames=args.frames)
+    big = save_large_sample(images[0], out / "generated_pixel_diffusion.png",
+                            title=f"{config.img_size}×{config.img_size}, {sampler}, {steps} steps, seed {args.seed}")
+    print(f"Done in {seconds:.1f} s ({seconds / args.n:.2f} s/image). Wrote {grid}, {gif}, {big}.")
+    return 0
+
+
+def _describe(config: TrainConfig) -> str:
+    data = config.data + (f" ({config.max_images} images)" if config.max_images else "")
+    return (f"{data} at {config.img_size}px, {config.num_epochs} epochs, batch {config.batch_size}, "
+            f"base {config.base_channels} channels")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_train(args) if args.command == "train" else run_sample(args)
+    except DiffusionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        detail = str(interrupt) or "interrupted"
+        print(f"\n{detail}. Continue with --resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,238 @@
+"""The noise-prediction network ε_θ(xₜ, t): a UNet with time conditioning.
+
+Read top to bottom: the sinusoidal time embedding, the residual block that adds it, self-attention,
+down/up-sampling, then the UNet that stacks them. The shape of the design follows Ho et al. 2020
+(Appendix B), itself a PixelCNN++-style UNet:
+
+    x (B,3,H,W) ─ conv ─┬─ level 0: res blocks ───────────── skip ─────────────┐
+                        │  ↓ downsample                                        │
+                        ├─ level 1: res blocks (+ attention at low resolution) │ ...
+                        │  ↓ ...                                               │
+                        └─ middle: res block, attention, res block             │
+                           ↑ upsample, concatenate the skips ←─────────────────┘
+                           ... ─ GroupNorm ─ SiLU ─ conv ─ ε̂ (B,3,H,W)
+
+Every residual block receives the time embedding, so each layer knows how noisy its input is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer-style embedding of integer timesteps (Vaswani et al. 2017, §3.5).
+
+    t: (B,) timesteps; returns (B, dim) = [sin(t·ωᵢ), cos(t·ωᵢ)] with ωᵢ = max_period^(−i/(dim/2)).
+    Low i vary fast with t, high i slowly, so nearby timesteps get similar but distinct codes.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class TimeEmbedding(nn.Module):
+    """t (B,) → sinusoidal code → MLP → (B, dim). The MLP lets the network reshape the code."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.dim))
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups (32 is the usual choice; fewer for narrow layers)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm → SiLU → conv → (+ time embedding) → GroupNorm → SiLU → dropout → conv, + skip.
+
+    x: (B, in_ch, H, W), t_emb: (B, time_emb_dim) → (B, out_ch, H, W).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, time_emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.time_proj = nn.Linear(time_emb_dim, out_ch)  # one bias per channel, per timestep
+        self.norm2 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        # Zero-init the last conv so each block starts as the identity: a deep UNet then trains
+        # stably from the first step.
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_proj(F.silu(t_emb))[:, :, None, None]  # add "how noisy" to every pixel
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all H·W positions, with a residual connection.
+
+    Convolutions only see a neighbourhood; at low resolution attention lets every position see
+    the whole image (petal symmetry, a centre surrounded by petals). Cost grows as (H·W)², so it
+    is used only at the coarse levels. x: (B, C, H, W) → same shape.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 4):
+        super().__init__()
+        self.num_heads = num_heads if channels % num_heads == 0 else 1
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
+        # (B, heads, H·W, C/heads): softmax(q kᵀ / √d) v
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a stride-2 3×3 conv (learned, unlike pooling)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour upsampling then a 3×3 conv (no checkerboard artefacts)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """ε_θ(xₜ, t): predicts the noise in a batch of noisy images.
+
+    Args:
+        in_channels: image channels (3 for RGB).
+        base_channels: channels at full resolution; level i has ``base_channels * channel_mults[i]``.
+        channel_mults: one multiplier per resolution level; ``len - 1`` halvings of H and W.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_levels: indices of the levels that get self-attention after each block.
+        time_emb_dim: width of the time embedding.
+        dropout: dropout inside the residual blocks.
+        img_size: the image size this model is trained for (recorded for sampling; must be
+            divisible by ``2 ** (len(channel_mults) - 1)``). Forward works at any such size.
+
+    ``forward(x, t)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1] → ε̂ of x's shape.
+    """
+
+    def __init__(self, in_channels: int = 3, base_channels: int = 64,
+                 channel_mults: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
+                 attention_levels: tuple[int, ...] = (2,), time_emb_dim: int = 128,
+                 dropout: float = 0.0, img_size: int = 64):
+        super().__init__()
+        self.in_channels = in_channels
+        self.img_size = img_size
+        self.num_levels = len(channel_mults)
+        self.min_divisor = 2 ** (self.num_levels - 1)
+        if img_size % self.min_divisor != 0:
+            raise ConfigError(f"img_size must be divisible by {self.min_divisor} for a UNet with "
+                              f"{self.num_levels} levels; got {img_size}")
+        self.time_embedding = TimeEmbedding(time_emb_dim)
+        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        # ---- down path: remember the channel count of every skip connection -----------------
+        self.down = nn.ModuleList()
+        skip_channels = [base_channels]
+        ch = base_channels
+        for level, mult in enumerate(channel_mults):
+            out_ch = base_channels * mult
+            for _ in range(num_res_blocks):
+                self.down.append(_LevelBlock(ch, out_ch, time_emb_dim, dropout, level in attention_levels))
+                ch = out_ch
+                skip_channels.append(ch)
+            if level < self.num_levels - 1:
+                self.down.append(Downsample(ch))
+                skip_channels.append(ch)
+
+        # ---- middle, at the lowest resolution: always attention -----------------------------
+        self.mid1 = ResidualBlock(ch, ch, time_emb_dim, dropout)
+        self.mid_attn = SelfAttention(ch)
+        self.mid2 = ResidualBlock(ch, ch, time_emb_dim, dropout)
+
+        # ---- up path: each block consumes one skip, concatenated on the channel axis ------------
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mults))):
+            out_ch = base_channels * mult
+            for _ in range(num_res_blocks + 1):
+                self.up.append(_LevelBlock(ch + skip_channels.pop(), out_ch, time_emb_dim, dropout,
+                                           level in attention_levels))
+                ch = out_ch
+            if level > 0:
+                self.up.append(Upsample(ch))
+
+        self.head = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.min_divisor or x.shape[-2] % self.min_divisor:
+            raise ConfigError(f"image height and width must be divisible by {self.min_divisor}; "
+                              f"got {tuple(x.shape[-2:])}")
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        t_emb = self.time_embedding(t)
+        h = self.stem(x)
+        skips = [h]
+        for block in self.down:
+            h = block(h, t_emb) if isinstance(block, _LevelBlock) else block(h)
+            skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, t_emb)), t_emb)
+        for block in self.up:
+            if isinstance(block, _LevelBlock):
+                h = block(torch.cat([h, skips.pop()], dim=1), t_emb)
+            else:
+                h = block(h)
+        return self.head(h)
+
+    @classmethod
+    def from_config(cls, config) -> "UNet":
+        """The UNet a :class:`~diffusion_utils.TrainConfig` describes."""
+        return cls(base_channels=config.base_channels, channel_mults=config.channel_mults,
+                   num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
+                   time_emb_dim=config.time_emb_dim, dropout=config.dropout, img_size=config.img_size)
+
+
+class _LevelBlock(nn.Module):
+    """A residual block, followed by self-attention on the levels that have it."""
+
+    def __init__(self, in_ch: int, out_ch: int, time_emb_dim: int, dropout: float, attention: bool):
+        super().__init__()
+        self.res = ResidualBlock(in_ch, out_ch, time_emb_dim, dropout)
+        self.attn = SelfAttention(out_ch) if attention else nn.Identity()
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.res(x, t_emb))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,291 @@
+"""The reverse process: turning noise into images with a trained ε-prediction network.
+
+Three samplers share one entry point, :func:`sample`, and one trained model:
+
+- ``"ddpm"`` — Ho et al. 2020, Algorithm 2: T ancestral steps of p(xₜ₋₁ | xₜ), one network call
+  each (1000 calls per image with the default schedule). The reference everything is judged by.
+- ``"ddim"`` — Song et al. 2021: a non-Markovian process with the same marginals q(xₜ | x₀), so
+  the same network can jump across many timesteps at once. ``eta=0`` is deterministic given the
+  starting noise; ``eta=1`` with all T steps is exactly the DDPM sampler.
+- ``"dpmpp"`` — DPM-Solver++(2M), Lu et al. 2022: a second-order multistep solver of the
+  diffusion ODE in the data-prediction (x̂₀) form; good samples in 15–25 calls.
+
+Timestep spacing. A fast sampler visits ``steps`` of the T timesteps. We use *trailing* spacing
+(Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2):
+tᵢ = round(T − i·T/steps) − 1, which always starts at the last timestep T−1. At the first sampling
+step the noisy image is pure noise, so the network must be asked about the timestep whose
+marginal actually is (almost) pure noise. "Leading" spacing (0, T/steps, 2T/steps, …) never visits
+T−1 — with 10 steps it starts at t = 900, where the network expects some image to remain — which
+is a known source of washed-out, low-contrast samples with few steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .schedule import NoiseSchedule
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+@dataclass
+class Trajectory:
+    """Intermediate states of one sampling run, for animations and the denoising slider.
+
+    Attributes:
+        timesteps: the paper's t of each frame, from T (pure noise) down to 0 (the final sample).
+        frames: uint8 tensor (F, N, C, H, W) — the noisy images xₜ, on the CPU.
+        x0_frames: uint8 tensor (F, N, C, H, W) — the network's guess x̂₀ of the clean image at
+            each frame (for the last frame, the sample itself).
+    """
+
+    timesteps: list[int]
+    frames: torch.Tensor
+    x0_frames: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """The code timesteps (in [0, T-1], descending) that a ``steps``-call sampler visits.
+
+    ``trailing`` (default) starts at T−1; ``leading`` is DDIM's original 0, T/steps, …;
+    ``linspace`` spreads from T−1 to 0 inclusive. ``steps == n_steps`` gives every timestep.
+    """
+    if not 1 <= steps <= n_steps:
+        raise ConfigError(f"steps must be in [1, {n_steps}]; got {steps}")
+    if spacing == "trailing":
+        ts = np.round(np.arange(n_steps, 0, -n_steps / steps)).astype(int) - 1
+    elif spacing == "leading":
+        ts = (np.arange(0, steps) * (n_steps // steps))[::-1]
+    elif spacing == "linspace":
+        ts = np.round(np.linspace(n_steps - 1, 0, steps)).astype(int)
+    else:
+        raise ConfigError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
+    return [int(t) for t in ts]
+
+
+# ---------------------------------------------------------------------------------------------
+# One DDPM step
+# ---------------------------------------------------------------------------------------------
+def predict_eps(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, bf16: bool = True) -> torch.Tensor:
+    """ε̂ = ε_θ(xₜ, t) in float32; in bfloat16 autocast on CUDA when ``bf16``."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and x_t.device.type == "cuda"):
+        return model(x_t, t).float()
+
+
+def p_sample(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t,
+             noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
+    """One reverse step xₜ → xₜ₋₁ ~ p_θ(xₜ₋₁ | xₜ) = N(μ_θ, β̃ₜ I)   (Ho et al. Algorithm 2).
+
+    x_t: (B, C, H, W); t: int or (B,) code timesteps in [0, T-1]; noise: z ~ N(0, I) of x_t's
+    shape (drawn with ``torch.randn_like`` if None; ignored at t = 0, where no noise is added).
+
+    ``clip_x0=False``: Ho et al.'s ε form, μ_θ = (xₜ − βₜ/√(1−ᾱₜ) · ε̂) / √αₜ.
+    ``clip_x0=True``: predict x̂₀ = (xₜ − √(1−ᾱₜ) ε̂)/√ᾱₜ, clamp it to [-1, 1], and use the
+    posterior mean μ̃ₜ(xₜ, x̂₀). Without the clamp the two are the same number; with it, early
+    steps cannot produce values outside the data range, which gives cleaner samples.
+    """
+    x_prev, _ = _ddpm_step(model, schedule, x_t, t, noise, clip_x0)
+    return x_prev
+
+
+@torch.no_grad()
+def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=True):
+    """p_sample that also returns x̂₀, for trajectories."""
+    t = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
+    eps = predict_eps(model, x_t, t, bf16)
+    x0_hat = schedule.predict_x0(x_t, t, eps)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1, 1)
+        mean = schedule.q_posterior_mean(x0_hat, x_t, t)
+    else:
+        beta = _col(schedule.betas, t, x_t)
+        mean = (x_t - beta / _col(schedule.sqrt_one_minus_alpha_bars, t, x_t) * eps) / _col(schedule.alphas, t, x_t).sqrt()
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    # σₜ² = β̃ₜ; β̃ is exactly 0 at t = 0, so the last step returns the mean without noise.
+    sigma = _col(schedule.posterior_variance, t, x_t).sqrt()
+    return mean + sigma * noise, x0_hat
+
+
+def _col(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.to(like.device)[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampling loop
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size: int | None = None,
+           sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+           spacing: str = "trailing", clip_x0: bool = True,
+           generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+           device=None, bf16: bool = True, return_trajectory: bool = False,
+           trajectory_frames: int | None = None, progress: bool = True):
+    """Generate ``n`` images with the chosen sampler. Returns images in [-1, 1], (n, C, H, W).
+
+    Args:
+        model: the trained ε_θ (put in eval mode here); its device is used unless ``device``.
+        schedule: the schedule it was trained with.
+        n: number of images.
+        img_size: H = W of the images (default: ``model.img_size``).
+        sampler: ``"ddpm"`` (T ancestral steps), ``"ddim"`` or ``"dpmpp"``.
+        steps: network calls per image (default: T for ddpm, 50 for the others). For ``ddpm`` it
+            must be T; the ancestral sampler cannot skip steps.
+        eta: DDIM only: 0 = deterministic, 1 = DDPM-like noise.
+        spacing: which timesteps a fast sampler visits (see the module docstring).
+        clip_x0: clamp the predicted x̂₀ to [-1, 1] at every step.
+        generator: a CPU ``torch.Generator``; all randomness (the starting noise and every
+            step's noise) is drawn from it on the CPU, so a seed gives the same images on any
+            device.
+        x_T: a starting noise batch (n, C, H, W) instead of drawing one.
+        return_trajectory: also return a :class:`Trajectory` of intermediate frames.
+        trajectory_frames: keep only this many evenly spaced frames (default: every step).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``images`` or, with ``return_trajectory``, ``(images, trajectory)``.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer; got {n!r}")
+    T = schedule.n_steps
+    if steps is None:
+        steps = T if sampler == "ddpm" else min(50, T)
+    if sampler == "ddpm" and steps != T:
+        raise ConfigError(f"the ddpm sampler takes all {T} steps; got steps={steps} "
+                          f"(use sampler='ddim' or 'dpmpp' for fewer)")
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"eta must be in [0, 1]; got {eta}")
+    ts = timesteps_for(T, steps, spacing if sampler != "ddpm" else "trailing")
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    img_size = img_size or model.img_size
+    shape = (n, getattr(model, "in_channels", 3), img_size, img_size)
+    if x_T is None:
+        x_T = torch.randn(shape, generator=generator)
+    elif tuple(x_T.shape) != shape:
+        raise ConfigError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
+    x = x_T.to(device=device, dtype=torch.float32)
+
+    def draw_noise() -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(device)
+
+    was_training = model.training
+    model.eval()
+    recorder = _TrajectoryRecorder(len(ts) + 1, trajectory_frames) if return_trajectory else None
+    x0_prev = None  # DPM-Solver++'s previous data prediction
+    try:
+        for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+            t_next = ts[i + 1] if i + 1 < len(ts) else -1  # -1 is the clean image (ᾱ = 1)
+            t_batch = torch.full((n,), t, device=device, dtype=torch.long)
+            if sampler == "ddpm":
+                noise = draw_noise() if t > 0 else None
+                x_new, x0_hat = _ddpm_step(model, schedule, x, t_batch, noise, clip_x0, bf16)
+            elif sampler == "ddim":
+                x_new, x0_hat = _ddim_step(model, schedule, x, t, t_next, eta, clip_x0, bf16, draw_noise)
+            else:
+                x_new, x0_hat = _dpmpp_2m_step(model, schedule, x, t, t_next, x0_prev,
+                                               ts[i - 1] if i > 0 else None, clip_x0, bf16)
+                x0_prev = x0_hat
+            if recorder is not None:
+                recorder.add(t + 1, x, x0_hat)
+            x = x_new
+    finally:
+        model.train(was_training)
+    images = x.clamp(-1, 1)
+    if recorder is None:
+        return images
+    recorder.add(0, images, images)
+    return images, recorder.result()
+
+
+def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
+    """ᾱ at code step t as a Python float; ᾱ = 1 for t = -1 (the clean image)."""
+    return 1.0 if t < 0 else float(schedule.alpha_bars[t])
+
+
+def _x0_and_eps(model, schedule, x, t, clip_x0, bf16):
+    """ε̂ from the network, x̂₀ from eq. 4 (clamped if asked), and the ε̂ consistent with it."""
+    t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    eps = predict_eps(model, x, t_batch, bf16)
+    a = _alpha_bar(schedule, t)
+    x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5  # x̂₀ = (xₜ − √(1−ᾱₜ) ε̂) / √ᾱₜ
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5  # the noise that x̂₀ implies
+    return x0, eps
+
+
+def _ddim_step(model, schedule, x, t, t_next, eta, clip_x0, bf16, draw_noise):
+    """Song et al. 2021, eq. 12: x_prev = √ᾱ_prev x̂₀ + √(1−ᾱ_prev−σ²) ε̂ + σ z.
+
+    σ = η √((1−ᾱ_prev)/(1−ᾱₜ)) √(1−ᾱₜ/ᾱ_prev)   (eq. 16); η = 1 and consecutive steps make σ² = β̃ₜ.
+    """
+    x0, eps = _x0_and_eps(model, schedule, x, t, clip_x0, bf16)
+    a_t, a_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_next)
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+    x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * draw_noise()
+    return x_prev, x0
+
+
+def _dpmpp_2m_step(model, schedule, x, t, t_next, x0_prev, t_prev, clip_x0, bf16):
+    """DPM-Solver++(2M), Lu et al. 2022, Algorithm 2, with αₜ = √ᾱₜ, σₜ = √(1−ᾱₜ), λ = log(αₜ/σₜ).
+
+    x_next = (σ_next/σₜ) xₜ − α_next (e^(−h) − 1) D,  h = λ_next − λₜ,
+    D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀_prev, r = h_prev / h   (first order, D = x̂₀, on the first step).
+    The last step lands on the clean image (σ = 0) and is first order: x₀ = x̂₀.
+    """
+    x0, _ = _x0_and_eps(model, schedule, x, t, clip_x0, bf16)
+    if t_next < 0:
+        return x0, x0
+
+    def lam(step: int) -> float:
+        a = _alpha_bar(schedule, step)
+        return 0.5 * float(np.log(a / (1 - a)))
+
+    a_t, a_next = _alpha_bar(schedule, t), _alpha_bar(schedule, t_next)
+    h = lam(t_next) - lam(t)
+    if x0_prev is None:
+        d = x0
+    else:
+        r = (lam(t) - lam(t_prev)) / h
+        d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+    x_next = ((1 - a_next) / (1 - a_t)) ** 0.5 * x - a_next ** 0.5 * float(np.expm1(-h)) * d
+    return x_next, x0
+
+
+class _TrajectoryRecorder:
+    """Keeps up to ``keep`` of ``total`` frames, evenly spaced, as uint8 on the CPU."""
+
+    def __init__(self, total: int, keep: int | None):
+        keep = total if keep is None else max(2, min(keep, total))
+        self.keep_indices = set(np.round(np.linspace(0, total - 1, keep)).astype(int).tolist())
+        self.index = 0
+        self.timesteps, self.frames, self.x0_frames = [], [], []
+
+    def add(self, paper_t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if self.index in self.keep_indices:
+            self.timesteps.append(paper_t)
+            self.frames.append(to_uint8(x))
+            self.x0_frames.append(to_uint8(x0))
+        self.index += 1
+
+    def result(self) -> Trajectory:
+        return Trajectory(self.timesteps, torch.stack(self.frames), torch.stack(self.x0_frames))
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats (…, C, H, W) → uint8 in [0, 255] on the CPU (values outside are clamped)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()

@@ -1,0 +1,182 @@
+"""Pictures: sample grids, the per-epoch table, loss curves, schedule plots and the denoising GIF.
+
+Figures are built with ``matplotlib.figure.Figure`` (not pyplot), so nothing depends on a GUI
+backend or global state: they are saved when given a path and returned, and a notebook shows a
+returned figure as the cell's output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+from .sampling import Trajectory, to_uint8
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """A batch (N, 3, H, W) — uint8, or float in [-1, 1] — as one uint8 HWC grid image."""
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    nrow = nrow or int(np.ceil(np.sqrt(len(images))))
+    grid = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=255)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
+    """Save a batch as a PNG grid (the original project's ``samples_grid.png``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, grid_image(images, nrow))
+    return path
+
+
+def show_images(images: torch.Tensor, title: str = "", nrow: int | None = None,
+                size: float = 5.0) -> Figure:
+    """A figure of a batch as a grid, for notebooks."""
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    ax.imshow(grid_image(images, nrow))
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def save_large_sample(image: torch.Tensor, path: str | os.PathLike, title: str = "") -> Path:
+    """One generated image shown large (``generated_pixel_diffusion.png``). image: (3, H, W)."""
+    fig = Figure(figsize=(4, 4.3))
+    ax = fig.add_subplot()
+    ax.imshow(grid_image(image[None], padding=0), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def smooth(values, weight: float = 0.98) -> np.ndarray:
+    """Exponential moving average of a curve (TensorBoard-style, bias-corrected)."""
+    values = np.asarray(values, dtype=np.float64)
+    out, running = np.empty_like(values), 0.0
+    for i, v in enumerate(values):
+        running = weight * running + (1 - weight) * v
+        out[i] = running / (1 - weight ** (i + 1))
+    return out
+
+
+def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Training loss") -> Figure:
+    """The per-step ε-prediction MSE (faint) and its moving average, on a log scale."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, alpha=0.25, lw=0.8, label="per step")
+    ax.plot(steps, smooth(losses), lw=1.8, label="moving average")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("MSE(ε, ε̂)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_epoch_table(epoch_grids: dict[int, torch.Tensor], path: str | os.PathLike | None = None,
+                     columns: int = 5) -> Figure:
+    """The original project's table: the same starting noise, sampled after each saved epoch."""
+    epochs = sorted(epoch_grids)
+    rows = int(np.ceil(len(epochs) / columns))
+    cols = min(columns, len(epochs))
+    fig = Figure(figsize=(2.4 * cols, 2.6 * rows))
+    for i, epoch in enumerate(epochs):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(grid_image(epoch_grids[epoch]))
+        ax.set_title(f"Epoch {epoch}")
+        ax.axis("off")
+    fig.suptitle("Samples from fixed noise as training proceeds")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def trajectory_grids(trajectory: Trajectory, max_images: int = 16, nrow: int | None = None,
+                     with_x0: bool = False) -> list[np.ndarray]:
+    """One uint8 HWC grid per frame (first ``max_images`` images); ``with_x0`` puts the
+    network's x̂₀ guess to the right of the noisy xₜ."""
+    grids = []
+    for k in range(len(trajectory)):
+        left = grid_image(trajectory.frames[k, :max_images], nrow)
+        if with_x0:
+            right = grid_image(trajectory.x0_frames[k, :max_images], nrow)
+            gap = np.full((left.shape[0], 8, 3), 255, dtype=np.uint8)
+            left = np.concatenate([left, gap, right], axis=1)
+        grids.append(left)
+    return grids
+
+
+def save_animation(trajectory: Trajectory, path: str | os.PathLike, n_frames: int = 40,
+                   max_images: int = 16, scale: int = 2, frame_ms: int = 80,
+                   hold_ms: int = 1500) -> Path:
+    """The denoising process as a looping GIF (``diffusion_animation.gif``).
+
+    ``n_frames`` frames evenly spaced through the trajectory, from pure noise to the samples;
+    the last frame is held for ``hold_ms`` so the result can be seen before the loop restarts.
+    """
+    keep = np.unique(np.round(np.linspace(0, len(trajectory) - 1, min(n_frames, len(trajectory)))).astype(int))
+    grids = trajectory_grids(trajectory, max_images)
+    frames = np.stack([grids[k].repeat(scale, 0).repeat(scale, 1) for k in keep])
+    durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, frames, extension=".gif", duration=durations, loop=0)
+    return path
+
+
+def plot_schedules(schedules: dict, path: str | os.PathLike | None = None) -> Figure:
+    """ᾱₜ and log SNR(t) for several named :class:`NoiseSchedule` objects, side by side."""
+    fig = Figure(figsize=(10, 3.5))
+    ax_ab, ax_snr = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for name, schedule in schedules.items():
+        t = np.arange(1, schedule.n_steps + 1)
+        ax_ab.plot(t, schedule.alpha_bars.cpu().numpy(), label=name)
+        ax_snr.plot(t, np.log10(schedule.signal_to_noise().cpu().numpy()), label=name)
+    ax_ab.set(xlabel="t", ylabel="ᾱₜ (signal variance kept)", title="ᾱₜ = ∏ (1 − βₛ)")
+    ax_snr.set(xlabel="t", ylabel="log₁₀ SNR(t)", title="SNR(t) = ᾱₜ / (1 − ᾱₜ)")
+    for ax in (ax_ab, ax_snr):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], size: float = 1.3) -> Figure:
+    """A table of images: one row per name, (N, 3, H, W) each, with a title per column."""
+    n_rows, n_cols = len(rows), len(column_titles)
+    fig = Figure(figsize=(size * n_cols + 1.2, size * n_rows + 0.4))
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
+            ax.imshow(grid_image(images[c:c + 1], padding=0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    return fig
