@@ -15,13 +15,13 @@ One module per idea, each readable top to bottom:
 """
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
-from .config import DATA_ENV, PRESET_ENV, TrainConfig, resolve_device
+from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_device
 from .data import ImageDataset, load_dataset, make_synthetic_flowers
 from .errors import CheckpointError, ConfigError, DataError, DiffusionError, TrainingDiverged
 from .model import UNet, count_parameters, sinusoidal_embedding
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
-from .training import TrainResult, make_ema, train
+from .training import TrainResult, load_or_train, make_ema, train
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_schedules,
                             save_animation, save_grid, save_large_sample, show_images)
 from .widgets import DenoisingSlider, denoising_slider
@@ -32,7 +32,7 @@ __all__ = [
     "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",
     "DenoisingSlider", "DiffusionError", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
-    "load_checkpoint", "load_dataset", "load_model", "make_ema", "make_synthetic_flowers", "p_sample",
+    "load_checkpoint", "load_dataset", "load_model", "load_or_train", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",

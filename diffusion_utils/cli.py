@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = commands.add_parser("train", help="train a model (writes a checkpoint and figures)")
     tr.add_argument("--preset", choices=("quick", "full"), default=None,
                     help=f"quick: minutes on a CPU; full: the original 64 px, 300-epoch run "
-                         f"(default: ${PRESET_ENV} or full)")
+                         f"(default: ${PRESET_ENV}, else full on a CUDA GPU and quick elsewhere)")
     tr.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     for flag, (_, kind, text) in TRAIN_OVERRIDES.items():
         tr.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=text)

@@ -8,7 +8,8 @@ samples in a few minutes.
 
 Two environment variables let notebooks and CI switch mode without editing a cell:
 
-- ``DIFFUSION_PRESET``: ``quick`` or ``full`` (what :meth:`TrainConfig.from_env` starts from).
+- ``DIFFUSION_PRESET``: ``quick`` or ``full`` (what :meth:`TrainConfig.from_env` starts from;
+  unset: ``full`` on a CUDA GPU, ``quick`` elsewhere).
 - ``DIFFUSION_DATA``: ``flowers102``, ``synthetic`` or a path to a folder of images.
 """
 
@@ -64,7 +65,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # clip the global gradient norm to this (Ho et al.: 1.0)
     ema_decay: float = 0.9995  # EMA of the weights; samples come from the EMA model
-    bf16: bool = True  # bfloat16 autocast on CUDA (ignored elsewhere)
+    bf16: bool = True  # bfloat16 autocast on GPUs that support it natively (ignored elsewhere)
 
     # --- bookkeeping ---------------------------------------------------------------------
     seed: int = 0
@@ -165,13 +166,15 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_env(cls, default_preset: str = "full", **overrides) -> "TrainConfig":
+    def from_env(cls, default_preset: str = "auto", **overrides) -> "TrainConfig":
         """The preset named by ``$DIFFUSION_PRESET`` and the data named by ``$DIFFUSION_DATA``.
 
         Notebooks call this in their config cell so CI can run them in quick mode on local
-        data without editing a cell. Explicit ``overrides`` win over the environment.
+        data without editing a cell. With neither the variable nor ``default_preset`` naming a
+        preset (``"auto"``), a machine with a CUDA GPU gets ``full`` and any other ``quick``:
+        the full run takes hours even on a GPU. Explicit ``overrides`` win over the environment.
         """
-        name = os.environ.get(PRESET_ENV, default_preset).strip().lower()
+        name = preset_from_env(default_preset)
         if os.environ.get(DATA_ENV):
             overrides.setdefault("data", os.environ[DATA_ENV])
         return cls.preset(name, **overrides)
@@ -205,6 +208,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def preset_from_env(default: str = "auto") -> str:
+    """``$DIFFUSION_PRESET`` if set, else ``default``; ``"auto"`` means full on CUDA, else quick."""
+    name = os.environ.get(PRESET_ENV, "").strip().lower() or default
+    if name == "auto":
+        name = "full" if torch.cuda.is_available() else "quick"
+    return name
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``"auto"`` → CUDA if available, else Apple's MPS, else CPU; anything else as given."""
     if name != "auto":
@@ -223,4 +234,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["TrainConfig", "PRESETS", "PRESET_ENV", "DATA_ENV", "resolve_device"]
+def bf16_available(device: torch.device) -> bool:
+    """True on a CUDA GPU with native bfloat16 (Ampere or newer, e.g. A100, L4, H100).
+
+    Colab's free T4 and a V100 only emulate bfloat16, which is slower than float32 there, so
+    they train in float32. CPUs and MPS also use float32.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation and never counted emulation
+        return torch.cuda.is_bf16_supported()
+
+
+__all__ = ["TrainConfig", "PRESETS", "PRESET_ENV", "DATA_ENV", "preset_from_env", "resolve_device",
+           "bf16_available"]

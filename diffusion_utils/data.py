@@ -148,9 +148,13 @@ def _is_writable(folder: Path) -> bool:
         return False
 
 
-def cache_path_for(data_dir: Path, img_size: int, cache_dir=None) -> Path:
-    """Where the decoded tensor of ``data_dir`` at ``img_size`` is (or will be) cached."""
-    name = f"{data_dir.name or 'images'}_{img_size}px.pt"
+def cache_path_for(data_dir: Path, img_size: int, cache_dir=None, kind: str = "folder") -> Path:
+    """Where the decoded tensor of ``data_dir`` at ``img_size`` is (or will be) cached.
+
+    ``kind`` ("folder" or "flowers102") keeps the two loaders' caches apart: they read the same
+    files in a different order.
+    """
+    name = f"{kind}_{data_dir.name or 'images'}_{img_size}px.pt"
     explicit = cache_dir or os.environ.get(CACHE_ENV)
     if explicit:
         tag = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
@@ -162,10 +166,10 @@ def cache_path_for(data_dir: Path, img_size: int, cache_dir=None) -> Path:
     return DEFAULT_HOME / "cache" / f"{tag}_{name}"
 
 
-def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, progress: bool,
+def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, kind: str,
                    decode) -> torch.Tensor:
     """Return the cached tensor if its fingerprint matches ``files``, else decode and cache."""
-    path = cache_path_for(data_dir, img_size, cache_dir)
+    path = cache_path_for(data_dir, img_size, cache_dir, kind)
     fingerprint = _fingerprint(files)
     if path.exists():
         try:
@@ -219,7 +223,7 @@ def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool) -> torc
     if not files:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, …) found in {folder}; "
                         f"pass --data with a folder of images, 'flowers102' or 'synthetic'")
-    return _cached_decode(folder, files, img_size, cache_dir, progress,
+    return _cached_decode(folder, files, img_size, cache_dir, "folder",
                           lambda fs: _decode_files(fs, img_size, progress, str(folder)))
 
 
@@ -288,7 +292,7 @@ def _load_flowers102(root: Path, img_size: int, download: bool, cache_dir, progr
             raise DataError(f"no Flowers102 images could be read from {jpg}")
         return torch.stack(out)
 
-    return _cached_decode(jpg, files, img_size, cache_dir, progress, decode), f"Flowers102 ({jpg})"
+    return _cached_decode(jpg, files, img_size, cache_dir, "flowers102", decode), f"Flowers102 ({jpg})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,8 +51,16 @@ class TimeEmbedding(nn.Module):
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups (32 is the usual choice; fewer for narrow layers)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm with up to 32 groups (32 is the usual choice) of at least 2 channels each.
+
+    Narrow layers get fewer groups: with one channel per group GroupNorm would subtract each
+    channel's mean, and with it the per-channel time embedding that :class:`ResidualBlock` adds
+    just before its second norm — the block could not tell the timesteps apart.
+    """
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
 
 
 class ResidualBlock(nn.Module):
@@ -169,7 +177,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mults):
             out_ch = base_channels * mult
             for _ in range(num_res_blocks):
-                self.down.append(_LevelBlock(ch, out_ch, time_emb_dim, dropout, level in attention_levels))
+                self.down.append(LevelBlock(ch, out_ch, time_emb_dim, dropout, level in attention_levels))
                 ch = out_ch
                 skip_channels.append(ch)
             if level < self.num_levels - 1:
@@ -186,7 +194,7 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(channel_mults))):
             out_ch = base_channels * mult
             for _ in range(num_res_blocks + 1):
-                self.up.append(_LevelBlock(ch + skip_channels.pop(), out_ch, time_emb_dim, dropout,
+                self.up.append(LevelBlock(ch + skip_channels.pop(), out_ch, time_emb_dim, dropout,
                                            level in attention_levels))
                 ch = out_ch
             if level > 0:
@@ -203,11 +211,11 @@ class UNet(nn.Module):
         h = self.stem(x)
         skips = [h]
         for block in self.down:
-            h = block(h, t_emb) if isinstance(block, _LevelBlock) else block(h)
+            h = block(h, t_emb) if isinstance(block, LevelBlock) else block(h)
             skips.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, t_emb)), t_emb)
         for block in self.up:
-            if isinstance(block, _LevelBlock):
+            if isinstance(block, LevelBlock):
                 h = block(torch.cat([h, skips.pop()], dim=1), t_emb)
             else:
                 h = block(h)
@@ -221,7 +229,7 @@ class UNet(nn.Module):
                    time_emb_dim=config.time_emb_dim, dropout=config.dropout, img_size=config.img_size)
 
 
-class _LevelBlock(nn.Module):
+class LevelBlock(nn.Module):
     """A residual block, followed by self-attention on the levels that have it."""
 
     def __init__(self, in_ch: int, out_ch: int, time_emb_dim: int, dropout: float, attention: bool):
@@ -236,3 +244,45 @@ class _LevelBlock(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def parameter_table(model: UNet) -> dict[str, int]:
+    """Trainable parameters of each part of a :class:`UNet`, in forward order."""
+    parts = {
+        "time embedding (MLP)": model.time_embedding,
+        "stem conv": model.stem,
+        "down path": model.down,
+        "middle (res, attention, res)": nn.ModuleList([model.mid1, model.mid_attn, model.mid2]),
+        "up path": model.up,
+        "head (norm, conv)": model.head,
+    }
+    return {name: count_parameters(part) for name, part in parts.items()}
+
+
+@torch.no_grad()
+def layer_shapes(model: UNet, x: torch.Tensor, t: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """Run one forward pass and record the output shape of every block, in order.
+
+    Returns ``[(name, shape), …]`` for the stem, each down-path block, the middle, each up-path
+    block and the head — the route an image takes through the UNet.
+    """
+    records: list[tuple[str, tuple[int, ...]]] = []
+    named = [("stem", model.stem)]
+    named += [(f"down[{i}] {_block_kind(b)}", b) for i, b in enumerate(model.down)]
+    named += [("middle res", model.mid1), ("middle attention", model.mid_attn), ("middle res", model.mid2)]
+    named += [(f"up[{i}] {_block_kind(b)}", b) for i, b in enumerate(model.up)]
+    named += [("head", model.head)]
+    hooks = [module.register_forward_hook(lambda m, inp, out, name=name: records.append((name, tuple(out.shape))))
+             for name, module in named]
+    try:
+        model(x, t)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return records
+
+
+def _block_kind(block: nn.Module) -> str:
+    if isinstance(block, LevelBlock):
+        return "res + attention" if isinstance(block.attn, SelfAttention) else "res"
+    return type(block).__name__.lower()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import bf16_available
 from .errors import ConfigError
 from .schedule import NoiseSchedule
 
@@ -75,8 +76,8 @@ def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[i
 # ---------------------------------------------------------------------------------------------
 # One DDPM step
 # ---------------------------------------------------------------------------------------------
-def predict_eps(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, bf16: bool = True) -> torch.Tensor:
-    """ε̂ = ε_θ(xₜ, t) in float32; in bfloat16 autocast on CUDA when ``bf16``."""
+def predict_eps(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """ε̂ = ε_θ(xₜ, t) as float32; the network runs in bfloat16 autocast on CUDA when ``bf16``."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and x_t.device.type == "cuda"):
         return model(x_t, t).float()
 
@@ -98,7 +99,7 @@ def p_sample(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor,
 
 
 @torch.no_grad()
-def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=True):
+def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=False):
     """p_sample that also returns x̂₀, for trajectories."""
     t = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
     eps = predict_eps(model, x_t, t, bf16)
@@ -147,6 +148,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
             step's noise) is drawn from it on the CPU, so a seed gives the same images on any
             device.
         x_T: a starting noise batch (n, C, H, W) instead of drawing one.
+        bf16: run the network in bfloat16 autocast on GPUs with native support (the update
+            arithmetic stays float32).
         return_trajectory: also return a :class:`Trajectory` of intermediate frames.
         trajectory_frames: keep only this many evenly spaced frames (default: every step).
         progress: show a tqdm progress bar.
@@ -169,6 +172,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
     ts = timesteps_for(T, steps, spacing if sampler != "ddpm" else "trailing")
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    bf16 = bf16 and bf16_available(device)
     img_size = img_size or model.img_size
     shape = (n, getattr(model, "in_channels", 3), img_size, img_size)
     if x_T is None:

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, save_checkpoint
-from .config import TrainConfig, resolve_device
+from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model, save_checkpoint
+from .config import TrainConfig, bf16_available, resolve_device
 from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
-from .errors import ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import UNet
 from .sampling import sample, to_uint8
 from .schedule import NoiseSchedule
@@ -149,7 +149,7 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     if step > total_steps:
         raise ConfigError(f"the checkpoint is already at step {step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=config.bf16 and bf16_available(device))
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress)
     start_time, start_step = time.perf_counter(), step
     model.train()
@@ -203,6 +203,30 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     return TrainResult(config=config, model=model, ema_model=ema.module, schedule=schedule, losses=losses,
                        epoch_grids=epoch_grids, checkpoint_path=ckpt_path, device=device, seconds=seconds,
                        images_seen=(step - start_step) * min(config.batch_size, len(dataset)), out_dir=out_dir)
+
+
+def load_or_train(checkpoint: str | Path, config: TrainConfig, device=None, progress: bool = True):
+    """The EMA model saved in ``checkpoint`` if there is a readable one; otherwise first train the
+    ``quick`` preset (on ``config.data``) into the checkpoint's folder.
+
+    This is how notebooks 04 and 05 reuse the model notebook 03 trained, yet still run standalone.
+    Returns ``(model, schedule, trained_config)``: the config the model was actually trained with.
+    """
+    checkpoint = Path(checkpoint)
+    device = device or resolve_device(config.device)
+    if checkpoint.exists():
+        try:
+            model, schedule, trained = load_model(checkpoint, device)
+            print(f"Using the model notebook 03 trained: {checkpoint} ({trained.num_epochs} epochs, "
+                  f"{trained.img_size} px).")
+            return model, schedule, trained
+        except CheckpointError as err:
+            print(f"Not using {checkpoint}: {err}")
+    quick = TrainConfig.preset("quick", data=config.data, data_root=config.data_root, device=config.device)
+    print(f"No usable checkpoint from notebook 03 at {checkpoint}: training a quick model here "
+          f"({quick.num_epochs} epochs at {quick.img_size} px; a few minutes on a CPU).")
+    train(quick, checkpoint.parent, progress=progress)
+    return load_model(checkpoint, device)
 
 
 def _sample_grid(model, schedule, config: TrainConfig, grid_noise: torch.Tensor) -> torch.Tensor:

@@ -180,3 +180,19 @@ def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], siz
                 ax.set_ylabel(name, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None = None) -> Figure:
+    """Heat map of sinusoidal time embeddings: one row per timestep, one column per dimension."""
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(embedding.cpu().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                      interpolation="nearest")
+    ax.set_xlabel("embedding dimension (sin half | cos half)")
+    ax.set_ylabel("timestep t")
+    ax.set_title("Sinusoidal time embedding")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
