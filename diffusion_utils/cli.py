@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
 from .config import PRESET_ENV, SAMPLERS, TrainConfig, resolve_device
+from .data import load_dataset
 from .errors import DiffusionError
 from .sampling import sample
 from .training import train
@@ -53,6 +54,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    if text != "auto":
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}") from None
+    return text
+
+
 # CLI flag → TrainConfig field, for the train command's overrides (None = not given).
 TRAIN_OVERRIDES = {
     "data": ("data", str, "flowers102, synthetic, or a folder of images"),
@@ -70,7 +80,7 @@ TRAIN_OVERRIDES = {
     "sample_every": ("sample_every", _positive_int, "save a sample grid every N epochs"),
     "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp"),
     "sample_steps": ("sample_steps", _positive_int, "network calls per sample for ddim/dpmpp"),
-    "device": ("device", str, "auto, cpu, cuda or mps"),
+    "device": ("device", _device, "auto, cpu, cuda or mps"),
     "seed": ("seed", _non_negative_int, "random seed"),
 }
 
@@ -102,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="network calls per image for ddim/dpmpp (default: the checkpoint's)")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic … 1 DDPM-like")
     sa.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
-    sa.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sa.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps")
     sa.add_argument("--frames", type=_positive_int, default=40, help="frames in the GIF (default 40)")
     sa.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     sa.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -116,7 +126,9 @@ def run_train(args) -> int:
     ckpt = out / CHECKPOINT_NAME
     if args.resume:
         # The checkpoint's own settings, changed only where a flag was given (e.g. --epochs).
-        config = load_checkpoint(ckpt)["config"].replace(**overrides)
+        saved = load_checkpoint(ckpt)["config"]
+        config = saved.replace(**overrides)
+        check_compatible(saved, config, ckpt)
     else:
         if ckpt.exists() and not args.overwrite:
             raise DiffusionError(f"{ckpt} already exists; pass --resume to continue it, --overwrite "
@@ -124,8 +136,11 @@ def run_train(args) -> int:
         config = (TrainConfig.preset(args.preset, **overrides) if args.preset
                   else TrainConfig.from_env(**overrides))
     device = resolve_device(config.device)
+    # Load the data before announcing the run, so that bad --data prints only its error line.
+    dataset = load_dataset(config.data, config.img_size, root=config.data_root, max_images=config.max_images,
+                           seed=config.seed, progress=not args.no_progress)
     print(f"Training on {device} with {_describe(config)} → {out}/", file=sys.stderr)
-    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    result = train(config, out, dataset=dataset, resume=args.resume, progress=not args.no_progress)
     rate = result.images_seen / max(result.seconds, 1e-9)
     print(f"Done: {len(result.losses)} steps in {result.seconds:.0f} s ({rate:.0f} images/s); "
           f"final loss {sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}.\n"

@@ -35,7 +35,7 @@ How many samples does a meaningful number need?
   resolution, the same reference set and the same sample count.
 
 Feature extractors. ``feature_extractor=None`` uses torchmetrics' InceptionV3 (the torch-fidelity
-port of the TF weights the papers used; needs ``pip install torch-fidelity``, and its ~92 MB of
+port of the TF weights the papers used; needs ``pip install torch-fidelity``, and its ~90 MB of
 weights download once on first use into ``torch.hub.get_dir()``). Any ``nn.Module`` mapping a
 batch of images (B, 3, H, W) to features (B, d) can be passed instead; it receives float32 images
 in [0, 1] at their stored resolution (or uint8 in [0, 255] if it has ``input_dtype =
@@ -53,6 +53,7 @@ image formats, feeds images in batches, checks set sizes and turns failures into
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,6 +61,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .config import resolve_device
 from .errors import ConfigError, DiffusionError
 from .sampling import to_uint8
 
@@ -96,7 +98,7 @@ class KIDResult:
     extractor: str
 
     def __str__(self) -> str:
-        return (f"KID = {self.mean:.5f} ± {self.std:.5f} ({self.subsets} subsets of {self.subset_size}; "
+        return (f"KID = {self.mean:.3g} ± {self.std:.2g} ({self.subsets} subsets of {self.subset_size}; "
                 f"{self.n_generated} generated vs {self.n_reference} reference; {self.extractor})")
 
 
@@ -106,15 +108,21 @@ class KIDResult:
 class RandomConvFeatures(nn.Module):
     """A fixed, randomly initialised conv net with global average pooling: a cheap offline extractor.
 
-    Three 3×3 stride-2 conv + ReLU layers (3 → 32 → 64 → ``num_features`` channels), weights drawn
-    once from a generator seeded with ``seed`` (so the same arguments give the same features on any
-    machine), then the mean of each channel over the image. It works at any resolution (no resize)
-    and satisfies torchmetrics' custom-feature contract: ``forward`` maps (B, 3, H, W) images to
-    (B, ``num_features``) features and ``num_features`` is an attribute.
+    Three 3×3 conv + ReLU layers (3 → 32 → 64 → ``num_features`` channels; strides 1, 2, 2), then
+    the mean of each channel over the image. The weights are drawn once from a generator seeded
+    with ``seed``, so the same arguments give the same features on any machine, and never trained.
+    Half of the first layer's filters are zero-mean (they respond to edges and texture, not to flat
+    colour); the other half are unconstrained but 10× weaker (they carry colour and brightness).
+    Without that split the colour responses dominate the features and blur goes nearly unseen.
 
-    Input: float images in [0, 1] (what :func:`compute_kid`/:func:`compute_fid` pass) or uint8 in
-    [0, 255]. Numbers computed with it are comparable only with numbers from the same
-    ``RandomConvFeatures(num_features, seed)`` at the same resolution — not with published FID/KID.
+    It works at any resolution (no resize) and satisfies torchmetrics' custom-feature contract:
+    ``forward`` maps (B, 3, H, W) images to (B, ``num_features``) features, and ``num_features``
+    is an attribute. Input: float images in [0, 1] (what :func:`compute_kid` and
+    :func:`compute_fid` pass) or uint8 in [0, 255].
+
+    Numbers computed with it are comparable only with numbers from the same
+    ``RandomConvFeatures(num_features, seed)`` at the same resolution and sample count — never
+    with published FID/KID, which use InceptionV3.
     """
 
     def __init__(self, num_features: int = 64, seed: int = 0):
@@ -124,18 +132,24 @@ class RandomConvFeatures(nn.Module):
         self.num_features = num_features
         self.seed = seed
         widths = (3, 32, 64, num_features)
-        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
-                                   for c_in, c_out in zip(widths[:-1], widths[1:]))
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1)
+                                   for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])))
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for conv in self.convs:
+            for i, conv in enumerate(self.convs):
                 fan_in = conv.in_channels * 9
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                weight = torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5  # He init
+                if i == 0:
+                    half = conv.out_channels // 2
+                    weight[:half] -= weight[:half].mean(dim=(2, 3), keepdim=True)  # edge/texture filters
+                    weight[half:] *= 0.1  # weak colour filters
+                conv.weight.copy_(weight)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] or uint8 → (B, num_features) float32."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         x = x * 2 - 1
         for conv in self.convs:
@@ -157,16 +171,17 @@ def default_feature_extractor() -> nn.Module:
 
     try:
         model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)])
-    except ModuleNotFoundError as err:
+    except ModuleNotFoundError:
         raise FeatureExtractorError(
-            f"the default KID/FID feature extractor (InceptionV3) needs torch-fidelity ({err.name or err}): "
-            f"pip install torch-fidelity, or pass feature_extractor=<any nn.Module>, e.g. "
-            f"RandomConvFeatures() for offline numbers") from None
+            "the default KID/FID feature extractor (InceptionV3) needs the torch-fidelity package: "
+            "pip install torch-fidelity (its weights then download on first use), or pass "
+            "feature_extractor=<any nn.Module>, e.g. RandomConvFeatures() for offline numbers") from None
     except (OSError, RuntimeError, EOFError, ValueError) as err:  # URLError is an OSError
         reason = str(err).splitlines()[0] if str(err) else ""
         raise FeatureExtractorError(
             f"could not load the InceptionV3 weights for KID/FID ({type(err).__name__}: {reason}); they "
-            f"download once on first use (~92 MB into {torch.hub.get_dir()}), so connect to the internet, "
+            f"download once on first use (~90 MB into {os.path.join(torch.hub.get_dir(), 'checkpoints')}), so "
+            f"connect to the internet, "
             f"or pass feature_extractor=<any nn.Module>, e.g. RandomConvFeatures() for offline numbers") from None
     model.num_features = INCEPTION_FEATURES
     model.input_dtype = torch.uint8
@@ -194,7 +209,8 @@ def compute_kid(generated: torch.Tensor, reference: torch.Tensor, feature_extrac
             every subset is the whole set and the std is 0).
         subsets: number of random subsets KID is averaged over.
         batch_size: images per forward pass of the extractor (bounds memory).
-        device: where the extractor runs (default: CUDA if available, else CPU).
+        device: where the extractor runs; it is moved there (None or "auto": the GPU its weights are on,
+            else CUDA if available, else CPU — not MPS, which lacks the float64 FID needs).
         seed: seeds the subset draws, so the same inputs give the same result.
 
     Returns:
@@ -302,7 +318,7 @@ def _check_batch_size(batch_size) -> None:
 
 
 class _Features(nn.Module):
-    """Wraps an extractor for torchmetrics: uint8 batches in, (B, d) float features out.
+    """Wraps an extractor for torchmetrics: uint8 batches in, (B, d) float64 features out.
 
     Converts each uint8 batch to what the extractor takes (float32 [0, 1], or uint8 if it has
     ``input_dtype = torch.uint8``), gives it the ``num_features`` attribute torchmetrics reads
@@ -326,7 +342,7 @@ class _Features(nn.Module):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         features = self.extractor(batch if self.uint8 else batch.float() / 255.0)
-        return features.reshape(len(batch), -1).float()
+        return features.reshape(len(batch), -1).double()  # float64 for the kernel and covariance sums
 
     @torch.no_grad()
     def feed(self, metric, generated: torch.Tensor, reference: torch.Tensor, batch_size: int) -> None:
@@ -349,12 +365,13 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def _resolve_device(device, extractor: nn.Module) -> torch.device:
-    """``device`` if given; else where the extractor's weights are; else CUDA if available, else CPU.
+    """``device`` if given; else (None or "auto") the GPU the extractor's weights are on, else CUDA
+    if available, else CPU.
 
     Not MPS by default: torchmetrics' FID keeps its statistics in float64, which MPS lacks.
     """
-    if device is not None:
-        return torch.device(device)
+    if device is not None and str(device) != "auto":
+        return resolve_device(str(device))  # a one-line ConfigError for a missing CUDA/MPS
     param = next(extractor.parameters(), None)
     if param is not None and param.device.type != "cpu":
         return param.device

@@ -63,7 +63,8 @@ def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[i
     if not 1 <= steps <= n_steps:
         raise ConfigError(f"steps must be in [1, {n_steps}]; got {steps}")
     if spacing == "trailing":
-        ts = np.round(np.arange(n_steps, 0, -n_steps / steps)).astype(int) - 1
+        # [:steps]: with a float step, arange can yield one extra element near 0 (then t = −1).
+        ts = np.round(np.arange(n_steps, 0, -n_steps / steps)[:steps]).astype(int) - 1
     elif spacing == "leading":
         ts = (np.arange(0, steps) * (n_steps // steps))[::-1]
     elif spacing == "linspace":

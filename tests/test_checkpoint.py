@@ -1,0 +1,152 @@
+"""Checkpoints: safe loading, EMA vs raw weights, one-line errors for bad files, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from diffusion_utils import CheckpointError, TrainConfig, load_checkpoint, load_model, save_checkpoint
+from diffusion_utils.checkpoint import FORMAT, check_compatible
+
+from conftest import tiny_config
+
+
+def one_line(err: BaseException) -> str:
+    message = str(err)
+    assert message and "\n" not in message, repr(message)
+    return message
+
+
+def test_checkpoint_loads_with_weights_only(trained_run):
+    """The file train() writes opens with torch.load(weights_only=True): plain types and tensors."""
+    state = torch.load(trained_run.checkpoint_path, weights_only=True)
+    assert state["format"] == FORMAT
+    for key in ("config", "model", "ema", "optimizer", "step", "epoch", "batch_in_epoch", "losses",
+                "epoch_grids", "rng"):
+        assert key in state, key
+    assert state["step"] == len(trained_run.losses) == 4 and state["epoch"] == 2
+    assert state["batch_in_epoch"] == 0
+    assert TrainConfig.from_dict(state["config"]) == trained_run.config
+    assert state["losses"].tolist() == trained_run.losses
+
+
+def test_save_and_load_round_trip(tmp_path):
+    """save_checkpoint → load_checkpoint gives back the tensors and a TrainConfig object."""
+    config = tiny_config()
+    state = {"config": config.to_dict(), "x": torch.arange(5.0), "nested": {"k": [1, 2]}}
+    path = save_checkpoint(tmp_path / "sub" / "ck.pth", state)
+    loaded = load_checkpoint(path)
+    assert loaded["config"] == config
+    assert torch.equal(loaded["x"], torch.arange(5.0)) and loaded["nested"] == {"k": [1, 2]}
+
+
+def test_load_model_returns_ema_weights_by_default(trained_run):
+    """load_model gives the EMA weights (use_ema=True) or the raw weights (use_ema=False), in
+    eval mode, with the schedule and config the model was trained with."""
+    ema_model, schedule, config = load_model(trained_run.checkpoint_path)
+    raw_model, _, _ = load_model(trained_run.checkpoint_path, use_ema=False)
+    assert config == trained_run.config and len(schedule) == config.n_steps
+    assert not ema_model.training and not raw_model.training
+    for name, value in ema_model.state_dict().items():
+        assert torch.equal(value, trained_run.ema_model.state_dict()[name]), name
+    for name, value in raw_model.state_dict().items():
+        assert torch.equal(value, trained_run.model.state_dict()[name]), name
+    differs = [n for n, v in ema_model.state_dict().items() if not torch.equal(v, raw_model.state_dict()[n])]
+    assert differs, "after a few steps the EMA should differ from the raw weights"
+
+
+def test_missing_checkpoint_raises_one_line(tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "nope.pth")
+    assert "not found" in one_line(info.value)
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError):  # a folder is not a checkpoint either
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["random_bytes", "truncated", "empty", "plain_pickle"])
+def test_corrupt_checkpoint_raises_one_line(trained_run, tmp_path, kind):
+    """Random bytes, a truncated real checkpoint, an empty file, a plain pickle: CheckpointError."""
+    path = tmp_path / "bad.pth"
+    real = trained_run.checkpoint_path.read_bytes()
+    content = {"random_bytes": os.urandom(4096), "truncated": real[: len(real) // 2], "empty": b"",
+               "plain_pickle": pickle.dumps({"format": FORMAT}, protocol=2)}[kind]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    assert str(path) in one_line(info.value)
+
+
+class NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("payload", [
+    {"model": {"w": torch.zeros(2)}},  # a dict without our format marker
+    torch.zeros(3),  # a bare tensor
+    [1, 2, 3],
+    {"format": "someone_else/2", "config": {}},
+])
+def test_foreign_torch_file_raises_one_line(tmp_path, payload):
+    """A readable torch file that is not ours names the missing marker."""
+    path = tmp_path / "foreign.pth"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "not a diffusion_utils checkpoint" in one_line(info.value)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    """A file that would run code on unpickling (an arbitrary class) is refused by weights_only."""
+    path = tmp_path / "evil.pth"
+    torch.save({"format": FORMAT, "payload": NotATensor()}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "not a readable checkpoint" in one_line(info.value)
+
+
+def test_invalid_config_or_weights_raise_checkpoint_error(trained_run, tmp_path):
+    """Our marker but an invalid config, or weights that do not fit the config: CheckpointError."""
+    state = torch.load(trained_run.checkpoint_path, weights_only=True)
+    bad_config = dict(state, config={**state["config"], "img_size": -1})
+    torch.save(bad_config, tmp_path / "a.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "a.pth")
+    assert "invalid config" in one_line(info.value)
+    wider = dict(state, config={**state["config"], "base_channels": 16})
+    torch.save(wider, tmp_path / "b.pth")
+    for use_ema in (True, False):
+        with pytest.raises(CheckpointError) as info:
+            load_model(tmp_path / "b.pth", use_ema=use_ema)
+        assert "does not match" in one_line(info.value)
+
+
+def test_check_compatible():
+    """Architecture or schedule fields must match; training-only fields may change."""
+    saved = tiny_config()
+    check_compatible(saved, saved.replace(num_epochs=10, lr=1e-4, batch_size=8, sampler="dpmpp"), "ck")
+    for change in (dict(base_channels=16), dict(img_size=32), dict(n_steps=100), dict(beta_end=0.03),
+                   dict(channel_mults=(1, 1)), dict(attention_levels=()), dict(schedule="cosine"),
+                   dict(time_emb_dim=32), dict(num_res_blocks=2)):
+        with pytest.raises(CheckpointError) as info:
+            check_compatible(saved, saved.replace(**change), "ck")
+        assert next(iter(change)) in one_line(info.value)
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path):
+    """A successful write leaves only the checkpoint; a failed write keeps the previous file
+    intact and removes its temporary file."""
+    path = tmp_path / "ck.pth"
+    save_checkpoint(path, {"config": tiny_config().to_dict(), "x": torch.ones(3)})
+    save_checkpoint(path, {"config": tiny_config().to_dict(), "x": torch.zeros(3)})
+    assert sorted(os.listdir(tmp_path)) == ["ck.pth"]
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"config": tiny_config().to_dict(), "x": lambda: 0})  # unpicklable
+    assert sorted(os.listdir(tmp_path)) == ["ck.pth"]
+    assert path.read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["x"], torch.zeros(3))

@@ -1,0 +1,263 @@
+"""``python -m diffusion_utils train|sample``: end to end, resume, and one-line errors for bad input.
+
+Most tests call :func:`diffusion_utils.cli.main` in-process; the end-to-end test runs the real
+``python -m diffusion_utils`` in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_utils import CHECKPOINT_NAME, load_checkpoint
+from diffusion_utils.cli import main
+
+# A train command that finishes in a second or two: the quick preset's 3-level UNet at 16 px,
+# 8 base channels, 32 synthetic images in 2 batches, 20 diffusion steps, 2-step DDIM grids.
+TINY_TRAIN = ["--preset", "quick", "--data", "synthetic", "--max-images", "32", "--epochs", "1",
+              "--img-size", "16", "--base-channels", "8", "--batch-size", "16", "--n-steps", "20",
+              "--sample-steps", "2", "--no-progress"]
+
+
+def run_main(argv) -> int:
+    """main()'s exit status, whether it returns it or argparse raises SystemExit."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below ``folder`` with its bytes and modification time."""
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_error_line(stderr: str):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end, in real subprocesses
+# ---------------------------------------------------------------------------------------------
+def test_end_to_end_train_then_sample_in_subprocesses(tmp_path):
+    """Quick train on synthetic data, then sample: every promised file is written, the GIF
+    loops forever over many frames, and a bad call from a real process prints one error line."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # DIFFUSION_CACHE_DIR points into tmp_path
+
+    def python_m(*args):
+        return subprocess.run([sys.executable, "-m", "diffusion_utils", *map(str, args)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    trained = python_m("train", "--preset", "quick", "--data", "synthetic", "--max-images", "64",
+                       "--epochs", "1", "--img-size", "32", "--sample-steps", "5", "--out", out, "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    assert "Traceback" not in trained.stderr
+    for name in (CHECKPOINT_NAME, "loss.png", "epoch_samples.png", "samples/epoch_001.png"):
+        assert (out / name).is_file(), name
+    config = load_checkpoint(out / CHECKPOINT_NAME)["config"]
+    assert (config.img_size, config.max_images, config.num_epochs, config.sample_steps) == (32, 64, 1, 5)
+
+    sampled = python_m("sample", "--checkpoint", out / CHECKPOINT_NAME, "--n", 8, "--steps", 10, "--no-progress")
+    assert sampled.returncode == 0, sampled.stderr
+    with Image.open(out / "samples_grid.png") as grid:
+        assert grid.size == (2 + 3 * 34, 2 + 3 * 34)  # 8 images of 32 px, 3 per row, 2 px padding
+    with Image.open(out / "generated_pixel_diffusion.png") as big:
+        assert big.size[0] >= 200
+    with Image.open(out / "diffusion_animation.gif") as gif:
+        assert gif.is_animated and gif.n_frames == 11  # 10 steps + the final sample
+        assert gif.info.get("loop") == 0  # loops forever
+        gif.seek(gif.n_frames - 1)
+        assert gif.info["duration"] > 500  # the final frame is held
+    with Image.open(out / "loss.png") as loss:
+        assert loss.size[0] > 100
+
+    missing = python_m("sample", "--checkpoint", tmp_path / "nope.pth")
+    assert missing.returncode == 2
+    assert_one_error_line(missing.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process
+# ---------------------------------------------------------------------------------------------
+def test_sample_in_process_is_seeded(checkpoint_copy, tmp_path, capsys):
+    """The sample command writes its three files; the same --seed gives the same grid, another
+    seed another grid; --sampler/--steps/--eta/--raw-weights are accepted."""
+    out_a, out_b, out_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    base = ["sample", "--checkpoint", checkpoint_copy, "--n", 4, "--steps", 3, "--no-progress", "--frames", 3]
+    assert run_main(base + ["--out", out_a, "--seed", 1]) == 0
+    assert run_main(base + ["--out", out_b, "--seed", 1]) == 0
+    assert run_main(base + ["--out", out_c, "--seed", 2, "--sampler", "ddim", "--eta", 0.5, "--raw-weights"]) == 0
+    for out in (out_a, out_b, out_c):
+        for name in ("samples_grid.png", "diffusion_animation.gif", "generated_pixel_diffusion.png"):
+            assert (out / name).is_file()
+    assert (out_a / "samples_grid.png").read_bytes() == (out_b / "samples_grid.png").read_bytes()
+    assert (out_a / "samples_grid.png").read_bytes() != (out_c / "samples_grid.png").read_bytes()
+    with Image.open(out_a / "diffusion_animation.gif") as gif:
+        assert gif.n_frames == 3
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_train_resume_without_flags_uses_the_checkpoints_config(tmp_path, monkeypatch, capsys):
+    """`train --resume` alone continues ./outputs with the checkpoint's own settings (not the
+    preset's); `--resume --epochs 2` trains one more epoch with everything else unchanged."""
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *TINY_TRAIN]) == 0
+    ckpt = tmp_path / "outputs" / CHECKPOINT_NAME
+    first = load_checkpoint(ckpt)
+    assert (first["config"].img_size, first["config"].base_channels, first["step"]) == (16, 8, 2)
+    capsys.readouterr()
+
+    assert run_main(["train", "--resume"]) == 0  # already at its last epoch: nothing more to do
+    err = capsys.readouterr().err
+    assert "16px" in err and "1 epochs" in err and "Traceback" not in err
+    assert load_checkpoint(ckpt)["config"] == first["config"]
+
+    assert run_main(["train", "--resume", "--epochs", "2", "--no-progress"]) == 0
+    second = load_checkpoint(ckpt)
+    assert second["config"] == first["config"].replace(num_epochs=2)
+    assert second["step"] == 4 and second["losses"][:2].tolist() == first["losses"].tolist()
+
+
+def test_train_overwrite_replaces_an_existing_checkpoint(tmp_path):
+    """--overwrite starts a new run in a folder that holds a checkpoint."""
+    out = tmp_path / "o"
+    assert run_main(["train", *TINY_TRAIN, "--out", out]) == 0
+    assert run_main(["train", *TINY_TRAIN, "--out", out, "--overwrite", "--seed", "5"]) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["config"].seed == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit status 2, one line on stderr, nothing on disk changed
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def train_out(tmp_path) -> Path:
+    """An output folder that already holds files from an earlier run (but no checkpoint)."""
+    out = tmp_path / "train_out"
+    (out / "samples").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    (out / "loss.png").write_bytes(b"an old figure")
+    (out / "samples" / "epoch_001.png").write_bytes(b"old")
+    return out
+
+
+TRAIN_ERRORS = {
+    "beta_end below beta_start": ["--data", "synthetic", "--beta-start", "0.02", "--beta-end", "0.01"],
+    "img size the quick UNet cannot halve": ["--preset", "quick", "--data", "synthetic", "--img-size", "30"],
+    "unknown dataset": ["--preset", "quick", "--data", "nosuchset"],
+    "zero epochs": ["--preset", "quick", "--data", "synthetic", "--epochs", "0"],
+    "negative batch": ["--preset", "quick", "--data", "synthetic", "--batch-size", "-3"],
+    "bad device": ["--preset", "quick", "--data", "synthetic", "--device", "gpu"],
+    "malformed cuda device": ["--preset", "quick", "--data", "synthetic", "--device", "cuda:x"],
+    "sample steps above n_steps": ["--preset", "quick", "--data", "synthetic", "--n-steps", "10"],
+    "resume without a checkpoint": ["--preset", "quick", "--data", "synthetic", "--resume"],
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_ERRORS))
+def test_bad_train_input_exits_2_with_one_line(case, train_out, capsys):
+    before = snapshot(train_out)
+    assert run_main(["train", "--out", train_out, *TRAIN_ERRORS[case]]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert snapshot(train_out) == before
+
+
+@pytest.mark.parametrize("case", ["empty", "missing"])
+def test_empty_or_missing_data_folder_exits_2_with_one_line(case, tmp_path, train_out, capsys):
+    folder = tmp_path / "data"
+    if case == "empty":
+        folder.mkdir()
+        (folder / "readme.txt").write_text("no images here")
+    before = snapshot(train_out)
+    assert run_main(["train", "--preset", "quick", "--data", f"{folder}/", "--out", train_out]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert str(folder) in err
+    assert snapshot(train_out) == before
+
+
+def test_existing_checkpoint_needs_resume_or_overwrite(checkpoint_copy, capsys):
+    out = checkpoint_copy.parent
+    (out / "loss.png").write_bytes(b"figure")
+    before = snapshot(out)
+    assert run_main(["train", *TINY_TRAIN, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "--resume" in err and "--overwrite" in err
+    assert snapshot(out) == before
+
+
+def test_resume_with_a_different_architecture_exits_2(checkpoint_copy, capsys):
+    out = checkpoint_copy.parent
+    before = snapshot(out)
+    assert run_main(["train", "--out", out, "--resume", "--img-size", "32", "--no-progress"]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert snapshot(out) == before
+
+
+@pytest.fixture
+def sample_out(checkpoint_copy) -> Path:
+    """The checkpoint's folder, holding outputs of an earlier sample run."""
+    out = checkpoint_copy.parent
+    for name in ("samples_grid.png", "diffusion_animation.gif", "generated_pixel_diffusion.png"):
+        (out / name).write_bytes(b"old " + name.encode())
+    return out
+
+
+SAMPLE_ERRORS = {
+    "n zero": ["--n", "0"],
+    "n negative": ["--n", "-3"],
+    "n not a number": ["--n", "many"],
+    "steps with ddpm": ["--sampler", "ddpm", "--steps", "5"],
+    "steps above T": ["--sampler", "ddim", "--steps", "51"],
+    "eta above 1": ["--sampler", "ddim", "--eta", "2"],
+    "unknown sampler": ["--sampler", "euler"],
+    "unknown device": ["--device", "tpu"],
+    "malformed cuda device": ["--device", "cuda:x"],
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLE_ERRORS))
+def test_bad_sample_input_exits_2_with_one_line(case, sample_out, capsys):
+    before = snapshot(sample_out)
+    assert run_main(["sample", "--checkpoint", sample_out / CHECKPOINT_NAME, *SAMPLE_ERRORS[case]]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert snapshot(sample_out) == before
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "truncated", "foreign"])
+def test_bad_checkpoint_exits_2_with_one_line(case, sample_out, capsys):
+    path = sample_out / CHECKPOINT_NAME
+    if case == "missing":
+        path = sample_out / "no_such.pth"
+    elif case == "corrupt":
+        path = sample_out / "corrupt.pth"
+        path.write_bytes(os.urandom(1000))
+    elif case == "truncated":
+        path = sample_out / "truncated.pth"
+        path.write_bytes((sample_out / CHECKPOINT_NAME).read_bytes()[:5000])
+    else:
+        path = sample_out / "foreign.pth"
+        torch.save({"weights": torch.zeros(3)}, path)
+    before = snapshot(sample_out)
+    assert run_main(["sample", "--checkpoint", path, "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert path.name in err
+    assert snapshot(sample_out) == before
+
+
+def test_missing_command_or_unknown_flag_is_one_line(capsys):
+    for argv in ([], ["fly"], ["train", "--no-such-flag"], ["sample"]):
+        assert run_main(argv) == 2
+        assert_one_error_line(capsys.readouterr().err)

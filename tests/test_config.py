@@ -1,0 +1,128 @@
+"""TrainConfig: the original design as defaults, presets, validation, environment, round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffusion_utils import DATA_ENV, PRESET_ENV, ConfigError, TrainConfig, UNet
+
+
+def test_defaults_are_the_original_design():
+    """64 px, batch 64, T = 1000, β from 1e-4 to 0.02, base 64, time embedding 128, 300 epochs,
+    1000-step ancestral sampling, Flowers102."""
+    c = TrainConfig()
+    assert (c.img_size, c.batch_size, c.n_steps, c.num_epochs) == (64, 64, 1000, 300)
+    assert (c.beta_start, c.beta_end, c.schedule) == (1e-4, 0.02, "linear")
+    assert (c.base_channels, c.time_emb_dim) == (64, 128)
+    assert c.data == "flowers102" and c.max_images is None
+    assert c.sampler == "ddpm" and c.steps_for_sampling == 1000
+
+
+def test_presets_build():
+    """'full' is the defaults; 'quick' is smaller but valid; overrides apply on top; both build a UNet."""
+    assert TrainConfig.preset("full") == TrainConfig()
+    quick = TrainConfig.preset("quick")
+    assert quick.img_size < 64 and quick.num_epochs < 300 and quick.max_images
+    assert quick.steps_for_sampling < quick.n_steps and quick.sampler != "ddpm"
+    assert TrainConfig.preset("quick", num_epochs=3).num_epochs == 3
+    for config in (quick, TrainConfig()):
+        model = UNet.from_config(config)
+        assert model.img_size == config.img_size
+    with pytest.raises(ConfigError, match="preset"):
+        TrainConfig.preset("medium")
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.preset("quick", epochs=3)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("img_size", 0), ("img_size", -32), ("n_steps", 0), ("batch_size", -1), ("num_epochs", 0),
+    ("base_channels", 0), ("num_res_blocks", 0), ("time_emb_dim", 0), ("sample_every", 0),
+    ("sample_grid_n", -2), ("max_images", 0), ("max_images", -5),
+    ("beta_start", 0.0), ("beta_end", 1.0), ("lr", 0.0), ("lr", -1e-3), ("dropout", 1.0),
+    ("ema_decay", 1.0), ("grad_clip", 0.0), ("seed", -1), ("lr_warmup_steps", -1),
+    ("sampler", "euler"), ("schedule", "sigmoid"), ("device", "gpu"), ("device", "tpu"),
+    ("time_emb_dim", 15), ("attention_levels", (4,)), ("channel_mults", ()),
+])
+def test_invalid_values_raise_config_error_naming_the_field(field, value):
+    """Each out-of-range value raises ConfigError, and the message names the field."""
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{field: value})
+    assert field in str(info.value) and "\n" not in str(info.value)
+
+
+def test_beta_end_must_exceed_beta_start():
+    with pytest.raises(ConfigError, match="beta_end"):
+        TrainConfig(beta_start=0.02, beta_end=0.01)
+    with pytest.raises(ConfigError, match="beta_end"):
+        TrainConfig(beta_start=0.01, beta_end=0.01)
+
+
+def test_img_size_must_be_divisible_for_the_unet():
+    """Four levels halve three times: 64 is fine, 60 is not; with two levels 30 is fine."""
+    with pytest.raises(ConfigError, match="img_size"):
+        TrainConfig(img_size=60)
+    with pytest.raises(ConfigError, match="img_size"):
+        TrainConfig.preset("quick", img_size=30)
+    assert TrainConfig(img_size=30, channel_mults=(1, 2), attention_levels=(1,)).img_size == 30
+
+
+def test_sample_steps_rules():
+    """sample_steps must be in [1, n_steps], and DDPM cannot use fewer than n_steps."""
+    with pytest.raises(ConfigError, match="sample_steps"):
+        TrainConfig(sampler="ddim", n_steps=100, sample_steps=101)
+    with pytest.raises(ConfigError, match="sample_steps"):
+        TrainConfig(sampler="ddim", sample_steps=0)
+    with pytest.raises(ConfigError, match="sample_steps"):
+        TrainConfig(sampler="ddpm", sample_steps=50)
+    assert TrainConfig(sampler="ddpm", n_steps=100, sample_steps=100).steps_for_sampling == 100
+    assert TrainConfig(sampler="ddim").steps_for_sampling == 50
+    assert TrainConfig(sampler="dpmpp", n_steps=20).steps_for_sampling == 20
+    assert TrainConfig(sampler="ddim", sample_steps=7).steps_for_sampling == 7
+
+
+def test_valid_devices():
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert TrainConfig(device=device).device == device
+
+
+def test_replace_validates():
+    c = TrainConfig()
+    assert c.replace(num_epochs=2).num_epochs == 2 and c.num_epochs == 300
+    with pytest.raises(ConfigError, match="num_epochs"):
+        c.replace(num_epochs=0)
+    with pytest.raises(ConfigError, match="unknown"):
+        c.replace(epochs=2)
+
+
+def test_from_env_reads_preset_and_data(monkeypatch):
+    """DIFFUSION_PRESET picks the preset, DIFFUSION_DATA the data; explicit overrides win."""
+    monkeypatch.setenv(PRESET_ENV, "quick")
+    monkeypatch.setenv(DATA_ENV, "synthetic")
+    c = TrainConfig.from_env()
+    assert c == TrainConfig.preset("quick", data="synthetic")
+    assert TrainConfig.from_env(data="/some/folder").data == "/some/folder"
+    monkeypatch.setenv(PRESET_ENV, " FULL ")
+    monkeypatch.setenv(DATA_ENV, "/data/flowers")
+    assert TrainConfig.from_env() == TrainConfig(data="/data/flowers")
+    monkeypatch.setenv(PRESET_ENV, "huge")
+    with pytest.raises(ConfigError, match="preset"):
+        TrainConfig.from_env()
+
+
+def test_from_env_without_variables_uses_the_default_preset():
+    """With neither variable set, the default_preset argument and the preset's own data apply."""
+    assert TrainConfig.from_env(default_preset="full") == TrainConfig()
+    assert TrainConfig.from_env(default_preset="quick") == TrainConfig.preset("quick")
+
+
+def test_to_dict_from_dict_round_trip():
+    """to_dict gives plain Python types (lists, not tuples); from_dict rebuilds an equal config
+    and ignores unknown keys (checkpoints from newer versions)."""
+    c = TrainConfig.preset("quick", data="synthetic", seed=3, sample_steps=20)
+    d = c.to_dict()
+    assert isinstance(d["channel_mults"], list) and isinstance(d["attention_levels"], list)
+    assert all(isinstance(v, (int, float, str, bool, list, type(None))) for v in d.values())
+    assert TrainConfig.from_dict(d) == c
+    assert TrainConfig.from_dict({**d, "from_the_future": 1}) == c
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict({**d, "img_size": -1})
