@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
-from .config import PRESET_ENV, SAMPLERS, TrainConfig, resolve_device
+from .config import PRESET_ENV, SAMPLERS, TrainConfig, is_device_name, resolve_device
 from .data import load_dataset
 from .errors import DiffusionError
 from .sampling import sample
@@ -55,12 +55,9 @@ def _non_negative_int(text: str) -> int:
 
 
 def _device(text: str) -> str:
-    if text != "auto":
-        try:
-            torch.device(text)
-        except RuntimeError:
-            raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}") from None
-    return text
+    if is_device_name(text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
 
 
 # CLI flag → TrainConfig field, for the train command's overrides (None = not given).

@@ -117,8 +117,7 @@ class TrainConfig:
         need(self.grad_clip > 0, "grad_clip", "a positive number")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
-        need(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
-             "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
         need(self.sample_steps is None
              or (isinstance(self.sample_steps, int) and 0 < self.sample_steps <= self.n_steps),
@@ -206,6 +205,12 @@ PRESETS: dict[str, dict] = {
         sample_steps=50,
     ),
 }
+
+
+def is_device_name(name: str) -> bool:
+    """True for the device names a config accepts: auto, cpu, cuda, cuda:N, mps."""
+    return isinstance(name, str) and (name in ("auto", "cpu", "cuda", "mps")
+                                      or (name.startswith("cuda:") and name[5:].isdigit()))
 
 
 def preset_from_env(default: str = "auto") -> str:

@@ -179,12 +179,13 @@ def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, 
         except Exception:  # a truncated or foreign file: rebuild it
             pass
     images = decode(files)
+    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         torch.save({"images": images, "fingerprint": fingerprint, "img_size": img_size}, tmp)
         os.replace(tmp, path)
     except OSError as err:
+        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the image cache {path} ({err}); images will be decoded again next time")
     return images
 
@@ -283,11 +284,11 @@ def _load_flowers102(root: Path, img_size: int, download: bool, cache_dir, progr
                           disable=not progress):
                 try:
                     out.append(split[i][0])
-                except FileNotFoundError:
+                except (UnidentifiedImageError, OSError, SyntaxError):  # absent or unreadable file
                     missing += 1
         if missing:
-            warnings.warn(f"{missing} of {FLOWERS102_SIZE} Flowers102 images are missing from {jpg}; "
-                          f"using the {len(out)} present")
+            warnings.warn(f"{missing} of {FLOWERS102_SIZE} Flowers102 images are missing or unreadable in "
+                          f"{jpg}; using the {len(out)} that load")
         if not out:
             raise DataError(f"no Flowers102 images could be read from {jpg}")
         return torch.stack(out)

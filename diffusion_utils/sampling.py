@@ -194,7 +194,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
             t_next = ts[i + 1] if i + 1 < len(ts) else -1  # -1 is the clean image (ᾱ = 1)
             t_batch = torch.full((n,), t, device=device, dtype=torch.long)
             if sampler == "ddpm":
-                noise = draw_noise() if t > 0 else None
+                noise = draw_noise() if t > 0 else torch.zeros_like(x)  # β̃ at t = 0 is 0 anyway
                 x_new, x0_hat = _ddpm_step(model, schedule, x, t_batch, noise, clip_x0, bf16)
             elif sampler == "ddim":
                 x_new, x0_hat = _ddim_step(model, schedule, x, t, t_next, eta, clip_x0, bf16, draw_noise)

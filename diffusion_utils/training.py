@@ -103,9 +103,6 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
 
     torch.manual_seed(config.seed)  # the initial weights
     model = UNet.from_config(config).to(device)
-    if device.type in ("cpu", "cuda"):
-        # NHWC layout: ~15% faster convolutions on a CPU (oneDNN) and on tensor cores.
-        model = model.to(memory_format=torch.channels_last)
     ema = make_ema(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = NoiseSchedule.from_config(config).to(device)
@@ -158,7 +155,7 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
             while epoch < config.num_epochs:
                 epoch_start_rng = data_rng.get_state()
                 for x0 in epoch_batches(dataset.images, config.batch_size, data_rng, start=batch_in_epoch):
-                    x0 = x0.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    x0 = x0.to(device, non_blocking=True)
                     t = torch.randint(0, schedule.n_steps, (x0.shape[0],), device=device, generator=noise_rng)
                     eps = torch.randn(x0.shape, device=device, generator=noise_rng)
                     x_t = schedule.q_sample(x0, t, eps)  # xₜ = √ᾱₜ x₀ + √(1−ᾱₜ) ε
@@ -169,7 +166,8 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
                     if loss_value != loss_value or abs(loss_value) == float("inf"):
                         raise TrainingDiverged(
                             f"loss became {loss_value} at step {step} (epoch {epoch + 1}); lower lr "
-                            f"(now {config.lr}) or check the data; the last checkpoint is {ckpt_path}")
+                            f"(now {config.lr}) or check the data" + (f"; the last good checkpoint is {ckpt_path}"
+                                                        if ckpt_path.exists() else ""))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

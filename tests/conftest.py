@@ -40,8 +40,9 @@ def tiny_config(**overrides) -> TrainConfig:
 
 
 def perturb_zero_init(model: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
-    """Give the zero-initialised layers (each residual block's last conv, each attention
-    projection) random weights, so the network's output depends on every input, t included."""
+    """Give every all-zero parameter random values: the zero-initialised layers (each residual
+    block's last conv, each attention projection) and the GroupNorm biases. Then the network's
+    output depends on every input, t included."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -224,6 +224,7 @@ SAMPLE_ERRORS = {
     "unknown sampler": ["--sampler", "euler"],
     "unknown device": ["--device", "tpu"],
     "malformed cuda device": ["--device", "cuda:x"],
+    "meta device": ["--device", "meta"],
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusion_utils import ConfigError, TrainConfig, UNet, count_parameters, sinusoidal_embedding
+from diffusion_utils.model import ResidualBlock, group_norm
 
 from conftest import perturb_zero_init, tiny_unet
 
@@ -73,6 +74,22 @@ def test_output_depends_on_t_after_perturbing_zero_init_layers():
     for i in range(len(outs)):
         for j in range(i + 1, len(outs)):
             assert (outs[i] - outs[j]).abs().max() > 1e-4, (i, j)
+
+
+@pytest.mark.parametrize("channels", [8, 16, 32, 64, 128])
+def test_every_residual_block_width_responds_to_the_time_embedding(channels):
+    """The time embedding is added per channel just before a GroupNorm. With one channel per
+    group that norm would subtract it again; every width must keep ≥ 2 channels per group, so the
+    block's output changes with the embedding (the quick preset's 32-channel level once did not)."""
+    norm = group_norm(channels)
+    assert channels % norm.num_groups == 0 and channels // norm.num_groups >= 2
+    if channels >= 64:
+        assert norm.num_groups == 32  # the usual 32 groups where the layer is wide enough
+    torch.manual_seed(0)
+    block = perturb_zero_init(ResidualBlock(channels, channels, time_emb_dim=16)).eval()
+    x, emb = torch.randn(2, channels, 8, 8), torch.randn(2, 16)
+    with torch.no_grad():
+        assert (block(x, emb) - block(x, -emb)).abs().max() > 1e-2
 
 
 def test_output_depends_on_t_after_one_optimiser_step():

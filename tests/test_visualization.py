@@ -1,0 +1,66 @@
+"""Pictures: grids, the looping GIF, loss curves and the epoch table (files and their contents)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffusion_utils import (Trajectory, grid_image, plot_epoch_table, plot_loss, save_animation, save_grid,
+                             to_uint8)
+from diffusion_utils.visualization import smooth
+
+
+def test_to_uint8_and_grid_image():
+    """[-1, 1] → [0, 255] (clamped outside); grids of floats equal grids of their uint8 form."""
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    assert to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+    images = torch.rand(5, 3, 4, 4) * 2 - 1
+    grid = grid_image(images)
+    assert grid.dtype == np.uint8 and grid.shape == (2 + 2 * 6, 2 + 3 * 6, 3)  # 3 per row, 2 rows
+    np.testing.assert_array_equal(grid, grid_image(to_uint8(images)))
+    np.testing.assert_array_equal(grid[2:6, 2:6], to_uint8(images)[0].permute(1, 2, 0).numpy())
+    assert (grid[:2] == 255).all()  # white padding
+
+
+def test_save_grid_writes_that_png(tmp_path):
+    images = to_uint8(torch.rand(4, 3, 8, 8) * 2 - 1)
+    path = save_grid(images, tmp_path / "deep" / "g.png", nrow=4)
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), grid_image(images, nrow=4))
+
+
+def test_save_animation_loops_and_holds_the_last_frame(tmp_path):
+    """n_frames evenly spaced frames from noise to sample, loop=0 (forever), last frame held."""
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (12, 2, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    traj = Trajectory(list(range(11, -1, -1)), frames, frames.clone())
+    path = save_animation(traj, tmp_path / "a.gif", n_frames=5, scale=2, frame_ms=50, hold_ms=900)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 5 and gif.info.get("loop") == 0
+        first = np.asarray(gif.convert("RGB"))
+        assert first.shape == (2 * (2 + 10), 2 * (2 + 2 * 10), 3)  # 2 images in a row, upscaled ×2
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    assert durations[:-1] == [50] * 4 and durations[-1] == 900
+    assert save_animation(traj, tmp_path / "b.gif", n_frames=100).exists()
+
+
+def test_loss_plot_and_epoch_table_are_written(tmp_path):
+    losses = list(np.linspace(1.0, 0.1, 30))
+    fig = plot_loss(losses, tmp_path / "loss.png")
+    assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_yscale() == "log"
+    grids = {e: to_uint8(torch.rand(4, 3, 8, 8) * 2 - 1) for e in (1, 2, 3)}
+    fig = plot_epoch_table(grids, tmp_path / "table.png", columns=2)
+    assert [ax.get_title() for ax in fig.axes] == ["Epoch 1", "Epoch 2", "Epoch 3"]
+    for name in ("loss.png", "table.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 100
+
+
+def test_smooth_is_bias_corrected():
+    """A constant curve stays constant from the first point (no warm-up from zero)."""
+    np.testing.assert_allclose(smooth([2.0] * 10), [2.0] * 10)
+    assert smooth([1.0, 0.0])[1] < 1.0

@@ -1,0 +1,91 @@
+"""The denoising slider: each slider position shows that frame of a real sampling trajectory."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from diffusion_utils import DenoisingSlider, NoiseSchedule, denoising_slider, sample
+
+from conftest import tiny_unet
+
+SCALE = 2
+
+
+@pytest.fixture(scope="module")
+def trajectory():
+    """A 4-image, 6-step DDIM trajectory of a tiny random UNet: 7 frames, t = 20 … 0."""
+    _, traj = sample(tiny_unet(16), NoiseSchedule.linear(20, 1e-3, 0.3), 4, sampler="ddim", steps=6,
+                     generator=torch.Generator().manual_seed(0), return_trajectory=True, progress=False)
+    assert len(traj) == 7
+    return traj
+
+
+def decode(png) -> np.ndarray:
+    png = bytes(png)  # ipywidgets 8 stores Image.value as a memoryview
+    assert png.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def upscaled_grid(images: torch.Tensor) -> np.ndarray:
+    """The 2×2 grid of four uint8 images (2 px white padding), upscaled like the slider does."""
+    grid = make_grid(images, nrow=2, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    return grid.repeat(SCALE, 0).repeat(SCALE, 1)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 6])
+def test_slider_value_shows_that_frame(trajectory, k):
+    """slider.value = k puts frame k in the image: xₜ on the left, x̂₀ on the right, white between;
+    the label names that frame's timestep."""
+    widget = DenoisingSlider(trajectory, max_images=4, scale=SCALE, with_x0=True)
+    if k == 0:  # move away first so that setting 0 is a real change
+        widget.slider.value = 2
+    widget.slider.value = k
+    assert bytes(widget.image.value) == widget.png_frames[k]
+    shown = decode(widget.image.value)
+    left, right = upscaled_grid(trajectory.frames[k]), upscaled_grid(trajectory.x0_frames[k])
+    assert shown.shape[0] == left.shape[0] and shown.shape[1] > left.shape[1] + right.shape[1]
+    np.testing.assert_array_equal(shown[:, :left.shape[1]], left)
+    np.testing.assert_array_equal(shown[:, -right.shape[1]:], right)
+    assert (shown[:, left.shape[1]:-right.shape[1]] == 255).all()
+    t = trajectory.timesteps[k]
+    assert widget.label.value.startswith(f"t = {t}")
+    if k == 0:
+        assert t == 20 and "pure noise" in widget.label.value
+    if k == len(trajectory) - 1:
+        assert t == 0 and "final sample" in widget.label.value
+
+
+def test_every_frame_is_encoded_once_and_distinct(trajectory):
+    """One PNG per frame, in order; consecutive frames differ (the images change as noise is removed)."""
+    widget = denoising_slider(trajectory, max_images=4, scale=SCALE, with_x0=False)
+    assert len(widget.png_frames) == len(trajectory)
+    assert widget.slider.min == 0 and widget.slider.max == len(trajectory) - 1 == widget.play.max
+    for k in range(len(trajectory)):
+        np.testing.assert_array_equal(decode(widget.png_frames[k]), upscaled_grid(trajectory.frames[k]))
+    assert len(set(widget.png_frames)) == len(trajectory)
+
+
+def test_play_is_linked_to_the_slider(trajectory):
+    """Moving the Play widget moves the slider (and so the image), and vice versa."""
+    widget = DenoisingSlider(trajectory, max_images=4, scale=SCALE)
+    assert bytes(widget.image.value) == widget.png_frames[0] and widget.slider.value == 0
+    widget.play.value = 4
+    assert widget.slider.value == 4 and bytes(widget.image.value) == widget.png_frames[4]
+    assert widget.label.value.startswith(f"t = {trajectory.timesteps[4]}")
+    widget.slider.value = 5
+    assert widget.play.value == 5
+
+
+def test_max_images_limits_the_grid(trajectory):
+    """max_images=1 shows only the first image of the batch."""
+    widget = DenoisingSlider(trajectory, max_images=1, scale=1, with_x0=False)
+    widget.slider.value = 3
+    expected = make_grid(trajectory.frames[3][:1], nrow=1, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(decode(widget.image.value), expected)
