@@ -26,8 +26,8 @@ from .model import UNet, count_parameters, sinusoidal_embedding
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
 from .training import TrainResult, load_or_train, make_ema, train
-from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_schedules,
-                            save_animation, save_grid, save_large_sample, show_images)
+from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
+                            plot_schedules, save_animation, save_grid, save_large_sample, show_images)
 from .widgets import DenoisingSlider, denoising_slider
 
 __version__ = "0.1.0"
@@ -38,7 +38,7 @@ __all__ = [
     "compute_fid", "compute_kid", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_or_train", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
-    "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_schedules", "resolve_device", "sample",
+    "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",
 ]

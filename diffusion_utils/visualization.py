@@ -41,7 +41,7 @@ def show_images(images: torch.Tensor, title: str = "", nrow: int | None = None,
     """A figure of a batch as a grid, for notebooks."""
     fig = Figure(figsize=(size, size))
     ax = fig.add_subplot()
-    ax.imshow(grid_image(images, nrow))
+    ax.imshow(grid_image(images, nrow), interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()
@@ -98,10 +98,10 @@ def plot_epoch_table(epoch_grids: dict[int, torch.Tensor], path: str | os.PathLi
     epochs = sorted(epoch_grids)
     rows = int(np.ceil(len(epochs) / columns))
     cols = min(columns, len(epochs))
-    fig = Figure(figsize=(2.4 * cols, 2.6 * rows))
+    fig = Figure(figsize=(2.0 * cols, 2.2 * rows))
     for i, epoch in enumerate(epochs):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(grid_image(epoch_grids[epoch]))
+        ax.imshow(grid_image(epoch_grids[epoch]), interpolation="nearest")
         ax.set_title(f"Epoch {epoch}")
         ax.axis("off")
     fig.suptitle("Samples from fixed noise as training proceeds")
@@ -127,15 +127,30 @@ def trajectory_grids(trajectory: Trajectory, max_images: int = 16, nrow: int | N
     return grids
 
 
+def frame_indices(total: int, n_frames: int, late: bool = False) -> list[int]:
+    """``min(n_frames, total)`` distinct increasing indices into ``total`` frames, first and last
+    included; ``late=True`` bunches them towards the end (position 1 − (1 − u)², slope 2(1 − u))."""
+    n = min(n_frames, total)
+    u = np.linspace(0, 1, n)
+    position = np.round((1 - (1 - u) ** 2 if late else u) * (total - 1)).astype(int)
+    keep = []
+    for i, p in enumerate(position):  # nudge collisions apart so exactly n frames remain
+        lowest = keep[-1] + 1 if keep else 0
+        keep.append(int(min(max(p, lowest), total - n + i)))
+    return keep
+
+
 def save_animation(trajectory: Trajectory, path: str | os.PathLike, n_frames: int = 40,
                    max_images: int = 16, scale: int = 2, frame_ms: int = 80,
-                   hold_ms: int = 1500) -> Path:
+                   hold_ms: int = 1500, late: bool = True) -> Path:
     """The denoising process as a looping GIF (``diffusion_animation.gif``).
 
-    ``n_frames`` frames evenly spaced through the trajectory, from pure noise to the samples;
-    the last frame is held for ``hold_ms`` so the result can be seen before the loop restarts.
+    ``n_frames`` frames from pure noise to the samples; the last is held for ``hold_ms`` so the
+    result can be seen before the loop restarts. ``late=True`` spaces the frames more densely
+    towards the end of the trajectory, where the image actually forms (with the linear schedule
+    the first half of the steps all look like noise); ``late=False`` spaces them evenly.
     """
-    keep = np.unique(np.round(np.linspace(0, len(trajectory) - 1, min(n_frames, len(trajectory)))).astype(int))
+    keep = frame_indices(len(trajectory), n_frames, late)
     grids = trajectory_grids(trajectory, max_images)
     frames = np.stack([grids[k].repeat(scale, 0).repeat(scale, 1) for k in keep])
     durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
@@ -171,7 +186,7 @@ def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], siz
     for r, (name, images) in enumerate(rows.items()):
         for c in range(n_cols):
             ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
-            ax.imshow(grid_image(images[c:c + 1], padding=0))
+            ax.imshow(grid_image(images[c:c + 1], padding=0), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -192,6 +207,44 @@ def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None 
     ax.set_ylabel("timestep t")
     ax.set_title("Sinusoidal time embedding")
     fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_sampler_comparison(runs, path: str | os.PathLike | None = None) -> Figure:
+    """KID (± std) and seconds per image against network calls, one line per fast sampler, with
+    the 1000-step DDPM as a dashed reference. ``runs``: :class:`~diffusion_utils.evaluation.SamplerRun` list."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig = Figure(figsize=(10, 3.8))
+    ax_kid, ax_time = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    names = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)"}
+    for sampler, marker in (("ddim", "o"), ("dpmpp", "s")):
+        rs = sorted((r for r in runs if r.sampler == sampler), key=lambda r: r.steps)
+        if not rs:
+            continue
+        ax_kid.errorbar([r.steps for r in rs], [r.kid.mean for r in rs], yerr=[r.kid.std for r in rs],
+                        marker=marker, capsize=3, label=names[sampler])
+        ax_time.plot([r.steps for r in rs], [r.seconds_per_image for r in rs], marker=marker, label=names[sampler])
+    for ddpm in (r for r in runs if r.sampler == "ddpm"):
+        ax_kid.axhline(ddpm.kid.mean, color="k", ls="--", label=f"DDPM, {ddpm.steps} steps (± std shaded)")
+        ax_kid.axhspan(ddpm.kid.mean - ddpm.kid.std, ddpm.kid.mean + ddpm.kid.std, color="k", alpha=0.1)
+        ax_time.axhline(ddpm.seconds_per_image, color="k", ls="--", label=f"DDPM, {ddpm.steps} steps")
+    first = runs[0]
+    ax_kid.set(ylabel="KID (lower is better)",
+               title=f"Quality: {first.kid.n_generated} samples, {first.kid.extractor}")
+    ax_time.set(yscale="log", ylabel="seconds per image", title="Time")
+    steps = sorted({r.steps for r in runs if r.sampler != "ddpm"})
+    for ax in (ax_kid, ax_time):
+        ax.set_xscale("log")
+        ax.set_xticks(steps)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("network calls per image")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)

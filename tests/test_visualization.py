@@ -64,3 +64,17 @@ def test_smooth_is_bias_corrected():
     """A constant curve stays constant from the first point (no warm-up from zero)."""
     np.testing.assert_allclose(smooth([2.0] * 10), [2.0] * 10)
     assert smooth([1.0, 0.0])[1] < 1.0
+
+
+def test_frame_indices_are_distinct_increasing_and_bunch_late():
+    """Exactly min(n, total) distinct increasing indices with both ends; late spacing puts more
+    of them in the second half of the trajectory than even spacing does."""
+    from diffusion_utils.visualization import frame_indices
+
+    for total, n in [(11, 11), (11, 20), (101, 30), (1001, 40), (4, 3), (2, 2)]:
+        for late in (False, True):
+            idx = frame_indices(total, n, late)
+            assert len(idx) == min(n, total) and idx[0] == 0 and idx[-1] == total - 1
+            assert all(b > a for a, b in zip(idx, idx[1:]))
+    even, late = frame_indices(1001, 40, False), frame_indices(1001, 40, True)
+    assert sum(i > 500 for i in late) > sum(i > 500 for i in even)

@@ -1,0 +1,84 @@
+"""Comparing samplers (diffusion_utils.evaluation) and the helpers notebooks 04/05 lean on:
+``evaluate_samplers``, ``plot_sampler_comparison``, ``load_or_train``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffusion_utils import (NoiseSchedule, RandomConvFeatures, TrainConfig, load_or_train, make_synthetic_flowers,
+                             plot_sampler_comparison)
+from diffusion_utils.evaluation import evaluate_samplers
+
+from conftest import tiny_unet
+
+
+def test_evaluate_samplers_same_seeds_timing_and_kid():
+    """Every setting gets n uint8 images, a positive wall time and a KID with its std; the
+    deterministic samplers start from the same noise, so DDIM and DPM-Solver++ with all steps agree
+    closely, while DDPM (stochastic) differs; `matches` compares against one std of the reference."""
+    model = tiny_unet(16)
+    schedule = NoiseSchedule.linear(20)
+    reference = make_synthetic_flowers(24, 16, seed=1)
+    runs = evaluate_samplers(model, schedule, reference, [("ddpm", 20), ("ddim", 20), ("dpmpp", 20), ("ddim", 3)],
+                             n=12, feature_extractor=RandomConvFeatures(16), batch_size=5, progress=False)
+    assert [(r.sampler, r.steps) for r in runs] == [("ddpm", 20), ("ddim", 20), ("dpmpp", 20), ("ddim", 3)]
+    for r in runs:
+        assert r.images.shape == (12, 3, 16, 16) and r.images.dtype == torch.uint8
+        assert r.seconds > 0 and r.seconds_per_image == r.seconds / 12
+        assert r.kid.n_generated == 12 and r.kid.n_reference == 24 and r.kid.std >= 0
+    ddpm, ddim, dpmpp, ddim3 = runs
+    assert (ddim.images.float() - dpmpp.images.float()).abs().mean() < (ddim.images.float() - ddpm.images.float()).abs().mean()
+    assert ddim.label == "DDIM-20" and dpmpp.label == "DPM-Solver++-20"
+    assert ddpm.matches(ddpm)
+    far = type(ddim3)(ddim3.sampler, ddim3.steps, ddim3.images, ddim3.seconds,
+                      type(ddim3.kid)(**{**ddim3.kid.__dict__, "mean": ddpm.kid.mean + 10 * ddpm.kid.std + 1}))
+    assert not far.matches(ddpm)
+
+
+def test_evaluate_samplers_is_reproducible():
+    """Same seed → the same images for a stochastic sampler, batch by batch."""
+    model = tiny_unet(16)
+    schedule = NoiseSchedule.linear(20)
+    reference = make_synthetic_flowers(8, 16, seed=1)
+    kwargs = dict(feature_extractor=RandomConvFeatures(8), batch_size=3, progress=False, seed=7)
+    a = evaluate_samplers(model, schedule, reference, [("ddpm", 20)], 7, **kwargs)[0]
+    b = evaluate_samplers(model, schedule, reference, [("ddpm", 20)], 7, **kwargs)[0]
+    assert torch.equal(a.images, b.images) and a.kid.mean == b.kid.mean
+
+
+def test_plot_sampler_comparison_draws_both_panels(tmp_path):
+    model = tiny_unet(16)
+    runs = evaluate_samplers(model, NoiseSchedule.linear(20), make_synthetic_flowers(8, 16), [("ddpm", 20), ("ddim", 2), ("ddim", 4), ("dpmpp", 4)],
+                             6, RandomConvFeatures(8), progress=False)
+    fig = plot_sampler_comparison(runs, tmp_path / "cmp.png")
+    kid_ax, time_ax = fig.axes
+    assert kid_ax.get_xscale() == "log" and list(kid_ax.get_xticks()) == [2, 4]
+    assert {t.get_text() for t in kid_ax.get_legend().get_texts()} >= {"DDIM (η=0)", "DPM-Solver++(2M)"}
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_load_or_train_uses_a_checkpoint_or_trains_a_quick_model(trained_run, tmp_path, monkeypatch, capsys):
+    """An existing checkpoint is loaded (EMA weights, its own config); a missing one makes
+    load_or_train train the quick preset into that folder first, and say so."""
+    model, schedule, trained = load_or_train(trained_run.checkpoint_path, TrainConfig.preset("quick"))
+    assert trained.img_size == trained_run.config.img_size and schedule.n_steps == trained.n_steps
+    assert "Using the model notebook 03 trained" in capsys.readouterr().out
+
+    calls = []
+
+    def fake_train(config, out_dir, progress=True):  # the real quick preset takes minutes
+        calls.append(config)
+        from diffusion_utils import train
+        train(config.replace(img_size=16, max_images=16, base_channels=8, channel_mults=(1, 2),
+                             attention_levels=(), num_res_blocks=1, time_emb_dim=16, num_epochs=1,
+                             n_steps=20, sample_steps=5, batch_size=8, sample_grid_n=2),
+              out_dir, progress=False)
+
+    monkeypatch.setattr("diffusion_utils.training.train", fake_train)
+    target = tmp_path / "nb" / "diffusion_unet_pixels.pth"
+    model, schedule, trained = load_or_train(target, TrainConfig.preset("full", data="synthetic"))
+    out = capsys.readouterr().out
+    assert "training a quick model here" in out and target.exists()
+    assert calls[0].img_size == TrainConfig.preset("quick").img_size and calls[0].data == "synthetic"
+    assert trained.img_size == 16 and np.isfinite(next(model.parameters()).detach().numpy()).all()
