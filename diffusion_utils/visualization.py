@@ -78,7 +78,8 @@ def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Train
     ax = fig.add_subplot()
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, alpha=0.25, lw=0.8, label="per step")
-    ax.plot(steps, smooth(losses), lw=1.8, label="moving average")
+    window = max(5.0, len(losses) / 40)  # about 2.5% of the run: smooth, yet not lagging behind
+    ax.plot(steps, smooth(losses, 1 - 1 / window), lw=1.8, label="moving average")
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("MSE(ε, ε̂)")
