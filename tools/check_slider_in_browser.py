@@ -3,8 +3,9 @@
     pip install playwright            # the Python package; no browser download needed
     python tools/check_slider_in_browser.py --chromium /usr/bin/chromium --screenshots /tmp/slider
 
-Starts a JupyterLab server on a free local port with a scratch notebook that samples a small
-(untrained, so fast) UNet with ``return_trajectory=True`` and shows ``denoising_slider(trajectory)``.
+Starts a JupyterLab server on a free local port with a scratch notebook that samples a model
+(``--checkpoint``, or a small untrained UNet) with ``return_trajectory=True`` and shows
+``denoising_slider(trajectory)``.
 Then, in the browser: runs the notebook, waits for the widget to render, moves the slider with the
 keyboard, checks that the image and the "t = …" label change with it, presses Play and checks the
 slider advances on its own. Screenshots of each stage are saved. Exit status 0 when every check
@@ -24,17 +25,24 @@ import time
 import urllib.request
 from pathlib import Path
 
-NOTEBOOK_CELLS = [
-    "import torch\n"
-    "from diffusion_utils import NoiseSchedule, UNet, denoising_slider, sample\n"
-    "torch.manual_seed(0)\n"
+UNTRAINED = (
     "model = UNet(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), img_size=32)\n"
     "schedule = NoiseSchedule.linear(1000)\n"
-    "_, trajectory = sample(model, schedule, 4, sampler='ddim', steps=40, generator=torch.Generator().manual_seed(0),\n"
-    "                       return_trajectory=True, progress=False)\n"
-    "print('frames:', len(trajectory))",
-    "slider = denoising_slider(trajectory, max_images=4, nrow=2, scale=4, interval_ms=40)\nslider",
-]
+)
+
+
+def notebook_cells(checkpoint: str | None) -> list[str]:
+    """A sampling cell (a trained checkpoint's EMA model, or a small untrained UNet) and the slider."""
+    load = f"model, schedule, _ = load_model({checkpoint!r})\n" if checkpoint else UNTRAINED
+    return [
+        "import torch\n"
+        "from diffusion_utils import NoiseSchedule, UNet, denoising_slider, load_model, sample\n"
+        "torch.manual_seed(0)\n" + load +
+        "_, trajectory = sample(model, schedule, 4, sampler='ddim', steps=40, generator=torch.Generator().manual_seed(0),\n"
+        "                       return_trajectory=True, progress=False)\n"
+        "print('frames:', len(trajectory))",
+        "slider = denoising_slider(trajectory, max_images=4, nrow=2, scale=4, interval_ms=40)\nslider",
+    ]
 
 
 def free_port() -> int:
@@ -43,9 +51,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_notebook(folder: Path) -> Path:
+def write_notebook(folder: Path, checkpoint: str | None) -> Path:
     cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": src}
-             for src in NOTEBOOK_CELLS]
+             for src in notebook_cells(checkpoint)]
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                       "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
@@ -69,13 +77,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--screenshots", default="slider_screenshots")
+    parser.add_argument("--checkpoint", default=None,
+                        help="sample a trained model (e.g. notebooks/outputs/diffusion_unet_pixels.pth) "
+                             "instead of an untrained one")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     shots = Path(args.screenshots)
     shots.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="slider_check_"))
-    write_notebook(work)
+    write_notebook(work, str(Path(args.checkpoint).resolve()) if args.checkpoint else None)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.token=",
