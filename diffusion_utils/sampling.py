@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import bf16_available
+from .config import SAMPLERS, bf16_available
 from .errors import ConfigError
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, at_timesteps
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SPACINGS = ("trailing", "leading", "linspace")
 
 
@@ -109,17 +108,14 @@ def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=False):
         x0_hat = x0_hat.clamp(-1, 1)
         mean = schedule.q_posterior_mean(x0_hat, x_t, t)
     else:
-        beta = _col(schedule.betas, t, x_t)
-        mean = (x_t - beta / _col(schedule.sqrt_one_minus_alpha_bars, t, x_t) * eps) / _col(schedule.alphas, t, x_t).sqrt()
+        beta = at_timesteps(schedule.betas, t, x_t)
+        noise_std = at_timesteps(schedule.sqrt_one_minus_alpha_bars, t, x_t)
+        mean = (x_t - beta / noise_std * eps) / at_timesteps(schedule.alphas, t, x_t).sqrt()  # Ho et al. eq. 11
     if noise is None:
         noise = torch.randn_like(x_t)
     # σₜ² = β̃ₜ; β̃ is exactly 0 at t = 0, so the last step returns the mean without noise.
-    sigma = _col(schedule.posterior_variance, t, x_t).sqrt()
+    sigma = at_timesteps(schedule.posterior_variance, t, x_t).sqrt()
     return mean + sigma * noise, x0_hat
-
-
-def _col(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.to(like.device)[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,34 +110,34 @@ class NoiseSchedule:
         x0: clean images (B, C, H, W) in [-1, 1]; t: int64 timesteps (B,) in [0, T-1];
         noise: ε ~ N(0, I), same shape as x0. Returns xₜ, same shape as x0.
         """
-        return (_gather(self.sqrt_alpha_bars, t, x0) * x0
-                + _gather(self.sqrt_one_minus_alpha_bars, t, x0) * noise)
+        return (at_timesteps(self.sqrt_alpha_bars, t, x0) * x0
+                + at_timesteps(self.sqrt_one_minus_alpha_bars, t, x0) * noise)
 
     def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One forward step: xₜ = √(1−βₜ) xₜ₋₁ + √βₜ ε   (Ho et al. eq. 2).
 
         Iterating this from x₀ gives the same distribution as :meth:`q_sample` in one jump.
         """
-        return (_gather(self.alphas, t, x_prev).sqrt() * x_prev
-                + _gather(self.betas, t, x_prev).sqrt() * noise)
+        return (at_timesteps(self.alphas, t, x_prev).sqrt() * x_prev
+                + at_timesteps(self.betas, t, x_prev).sqrt() * noise)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4 with a predicted noise: x̂₀ = (xₜ − √(1−ᾱₜ) ε̂) / √ᾱₜ."""
-        return ((x_t - _gather(self.sqrt_one_minus_alpha_bars, t, x_t) * eps)
-                / _gather(self.sqrt_alpha_bars, t, x_t))
+        return ((x_t - at_timesteps(self.sqrt_one_minus_alpha_bars, t, x_t) * eps)
+                / at_timesteps(self.sqrt_alpha_bars, t, x_t))
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """The noise implied by xₜ and a (possibly clipped) x̂₀: ε̂ = (xₜ − √ᾱₜ x̂₀) / √(1−ᾱₜ)."""
-        return ((x_t - _gather(self.sqrt_alpha_bars, t, x_t) * x0)
-                / _gather(self.sqrt_one_minus_alpha_bars, t, x_t))
+        return ((x_t - at_timesteps(self.sqrt_alpha_bars, t, x_t) * x0)
+                / at_timesteps(self.sqrt_one_minus_alpha_bars, t, x_t))
 
     def q_posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """μ̃ₜ(xₜ, x₀) = c₁ x₀ + c₂ xₜ, the mean of q(xₜ₋₁ | xₜ, x₀)   (Ho et al. eq. 7)."""
-        return (_gather(self.posterior_mean_coef_x0, t, x_t) * x0
-                + _gather(self.posterior_mean_coef_xt, t, x_t) * x_t)
+        return (at_timesteps(self.posterior_mean_coef_x0, t, x_t) * x0
+                + at_timesteps(self.posterior_mean_coef_xt, t, x_t) * x_t)
 
 
-def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def at_timesteps(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] reshaped to (B, 1, 1, 1) so it broadcasts against an image batch ``like``."""
     t = torch.as_tensor(t, device=values.device).long().reshape(-1)
     out = values[t].to(device=like.device, dtype=like.dtype)
