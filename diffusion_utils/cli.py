@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
-from .config import PRESET_ENV, SAMPLERS, TrainConfig, is_device_name, resolve_device
+from .config import PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
 from .errors import DiffusionError
 from .sampling import sample
@@ -154,7 +154,7 @@ def run_sample(args) -> int:
     elif sampler == config.sampler:
         steps = config.steps_for_sampling
     else:
-        steps = schedule.n_steps if sampler == "ddpm" else min(50, schedule.n_steps)
+        steps = default_steps(sampler, schedule.n_steps)
     if sampler == "ddpm" and steps != schedule.n_steps:
         raise DiffusionError(f"the ddpm sampler always takes all {schedule.n_steps} steps; drop --steps "
                              f"or use --sampler ddim or dpmpp")

@@ -132,13 +132,11 @@ class TrainConfig:
         """Network calls per sample: ``sample_steps``, or T for DDPM and 50 for the fast samplers."""
         if self.sample_steps is not None:
             return self.sample_steps
-        return self.n_steps if self.sampler == "ddpm" else min(50, self.n_steps)
+        return default_steps(self.sampler, self.n_steps)
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed (validated like a new config)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        _check_field_names(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -159,9 +157,7 @@ class TrainConfig:
         if name not in PRESETS:
             raise ConfigError(f"preset must be one of {tuple(PRESETS)}; got {name!r}")
         values = {**PRESETS[name], **overrides}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        _check_field_names(values)
         return cls(**values)
 
     @classmethod
@@ -177,6 +173,17 @@ class TrainConfig:
         if os.environ.get(DATA_ENV):
             overrides.setdefault("data", os.environ[DATA_ENV])
         return cls.preset(name, **overrides)
+
+
+def _check_field_names(values: dict) -> None:
+    unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+
+
+def default_steps(sampler: str, n_steps: int) -> int:
+    """Network calls per image when none are given: all T for DDPM, 50 for DDIM/DPM-Solver++."""
+    return n_steps if sampler == "ddpm" else min(50, n_steps)
 
 
 PRESETS: dict[str, dict] = {

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import SAMPLERS, bf16_available
+from .config import SAMPLERS, bf16_available, default_steps
 from .errors import ConfigError
 from .schedule import NoiseSchedule, at_timesteps
 
@@ -160,7 +160,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         raise ConfigError(f"n must be a positive integer; got {n!r}")
     T = schedule.n_steps
     if steps is None:
-        steps = T if sampler == "ddpm" else min(50, T)
+        steps = default_steps(sampler, T)
     if sampler == "ddpm" and steps != T:
         raise ConfigError(f"the ddpm sampler takes all {T} steps; got steps={steps} "
                           f"(use sampler='ddim' or 'dpmpp' for fewer)")
