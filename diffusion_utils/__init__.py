@@ -9,7 +9,7 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
 - :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
-- :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`: sample quality vs real images
+- :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`, :func:`extract_features`: sample quality vs real images
 - :mod:`~diffusion_utils.evaluation` — :func:`evaluate_samplers`: KID and wall time per sampler
 - :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
 - :mod:`~diffusion_utils.widgets` — the denoising slider
@@ -21,7 +21,8 @@ from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_
 from .data import ImageDataset, load_dataset, make_synthetic_flowers
 from .errors import CheckpointError, ConfigError, DataError, DiffusionError, TrainingDiverged
 from .evaluation import SamplerRun, evaluate_samplers
-from .metrics import FeatureExtractorError, KIDResult, RandomConvFeatures, compute_fid, compute_kid
+from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
+                      compute_kid, extract_features)
 from .model import UNet, count_parameters, sinusoidal_embedding
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
@@ -34,8 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",
-    "DenoisingSlider", "DiffusionError", "FeatureExtractorError", "KIDResult", "RandomConvFeatures",
-    "compute_fid", "compute_kid", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
+    "DenoisingSlider", "DiffusionError", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
+    "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_or_train", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",

@@ -22,9 +22,11 @@ from .schedule import NoiseSchedule
 
 CHECKPOINT_NAME = "diffusion_unet_pixels.pth"  # the original project's file name
 FORMAT = "diffusion_utils/1"
-# Fields that fix the network's shape or the meaning of t: a checkpoint is useless without them.
+# Fields that fix the network's shape or the meaning of its input t and of its output: a
+# checkpoint is useless without them. (A checkpoint saved before ``prediction`` existed has none
+# and loads as "eps", which is what it was trained with.)
 ARCHITECTURE_FIELDS = ("img_size", "n_steps", "schedule", "beta_start", "beta_end", "base_channels",
-                       "channel_mults", "num_res_blocks", "attention_levels", "time_emb_dim")
+                       "channel_mults", "num_res_blocks", "attention_levels", "time_emb_dim", "prediction")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .schedule import LOSS_WEIGHTINGS, PREDICTIONS
 
 PRESET_ENV = "DIFFUSION_PRESET"
 DATA_ENV = "DIFFUSION_DATA"
@@ -49,6 +50,11 @@ class TrainConfig:
     beta_start: float = 1e-4  # β₁ of the linear schedule
     beta_end: float = 0.02  # β_T of the linear schedule
 
+    # --- what the network predicts and how the loss weighs it (see diffusion_utils.loss) -----
+    prediction: str = "eps"  # "eps" (Ho et al.) or "v" (Salimans & Ho 2022)
+    loss_weighting: str = "none"  # "none" (Ho et al.'s simple loss) or "min_snr" (Hang et al. 2023)
+    snr_gamma: float = 5.0  # γ of min-SNR weighting (Hang et al.'s default)
+
     # --- UNet ----------------------------------------------------------------------------
     base_channels: int = 64  # channels at full resolution
     channel_mults: tuple[int, ...] = (1, 2, 2, 2)  # one entry per resolution level
@@ -64,7 +70,12 @@ class TrainConfig:
     lr_warmup_steps: int = 500  # linear warm-up from 0 to lr; avoids early blow-ups
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # clip the global gradient norm to this (Ho et al.: 1.0)
-    ema_decay: float = 0.9995  # EMA of the weights; samples come from the EMA model
+    ema_decay: float = 0.9995  # the EMA's largest decay; samples come from the EMA model
+    # The EMA's decay grows with the run (Karras et al. 2024's power-function EMA): after n
+    # updates it is (1 − 1/(n+1))^(ema_gamma+1), so it averages over the last ~n/(ema_gamma+1)
+    # steps — a horizon that follows the run length instead of lagging a short run.
+    # 6.94 is Karras et al.'s σ_rel = 0.10; larger values average over a shorter tail.
+    ema_gamma: float = 6.94
     bf16: bool = True  # bfloat16 autocast on GPUs that support it natively (ignored elsewhere)
 
     # --- bookkeeping ---------------------------------------------------------------------
@@ -116,6 +127,10 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight_decay", ">= 0")
         need(self.grad_clip > 0, "grad_clip", "a positive number")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
+        need(self.ema_gamma > 0, "ema_gamma", "a positive number")
+        need(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
+        need(self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting", f"one of {LOSS_WEIGHTINGS}")
+        need(self.snr_gamma > 0, "snr_gamma", "a positive number")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
         need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .schedule import check_prediction
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -151,16 +152,20 @@ class UNet(nn.Module):
         dropout: dropout inside the residual blocks.
         img_size: the image size this model is trained for (recorded for sampling; must be
             divisible by ``2 ** (len(channel_mults) - 1)``). Forward works at any such size.
+        prediction: what the output means — ``"eps"`` (the noise ε) or ``"v"`` (Salimans & Ho's
+            v = √ᾱ ε − √(1−ᾱ) x₀). It changes no weight; the loss and the samplers read it.
 
-    ``forward(x, t)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1] → ε̂ of x's shape.
+    ``forward(x, t)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1] → ε̂ (or v̂) of x's shape.
     """
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64,
                  channel_mults: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_levels: tuple[int, ...] = (2,), time_emb_dim: int = 128,
-                 dropout: float = 0.0, img_size: int = 64):
+                 dropout: float = 0.0, img_size: int = 64, prediction: str = "eps"):
         super().__init__()
+        check_prediction(prediction)
         self.in_channels = in_channels
+        self.prediction = prediction  # what forward() returns: ε̂ ("eps") or v̂ ("v")
         self.img_size = img_size
         self.num_levels = len(channel_mults)
         self.min_divisor = 2 ** (self.num_levels - 1)
@@ -226,7 +231,8 @@ class UNet(nn.Module):
         """The UNet a :class:`~diffusion_utils.TrainConfig` describes."""
         return cls(base_channels=config.base_channels, channel_mults=config.channel_mults,
                    num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
-                   time_emb_dim=config.time_emb_dim, dropout=config.dropout, img_size=config.img_size)
+                   time_emb_dim=config.time_emb_dim, dropout=config.dropout, img_size=config.img_size,
+                   prediction=config.prediction)
 
 
 class LevelBlock(nn.Module):

@@ -1,4 +1,4 @@
-"""The reverse process: turning noise into images with a trained ε-prediction network.
+"""The reverse process: turning noise into images with a trained network (ε- or v-prediction).
 
 Three samplers share one entry point, :func:`sample`, and one trained model:
 
@@ -76,10 +76,18 @@ def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[i
 # ---------------------------------------------------------------------------------------------
 # One DDPM step
 # ---------------------------------------------------------------------------------------------
-def predict_eps(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """ε̂ = ε_θ(xₜ, t) as float32; the network runs in bfloat16 autocast on CUDA when ``bf16``."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and x_t.device.type == "cuda"):
-        return model(x_t, t).float()
+def predict_eps_x0(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor,
+                   bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the network once and return (ε̂, x̂₀), both float32 of x_t's shape.
+
+    Whatever the network was trained to output (``model.prediction``: ``"eps"`` or ``"v"``), the
+    schedule's :meth:`~NoiseSchedule.eps_and_x0` turns it into the noise estimate ε̂ and the clean
+    image estimate x̂₀, so no sampler needs to know. With ``bf16`` the network runs in bfloat16
+    autocast (on devices where :func:`bf16_available` says it pays off).
+    """
+    with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+        output = model(x_t, t).float()
+    return schedule.eps_and_x0(output, x_t, t, getattr(model, "prediction", "eps"))
 
 
 def p_sample(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t,
@@ -102,8 +110,7 @@ def p_sample(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor,
 def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=False):
     """p_sample that also returns x̂₀, for trajectories."""
     t = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
-    eps = predict_eps(model, x_t, t, bf16)
-    x0_hat = schedule.predict_x0(x_t, t, eps)
+    eps, x0_hat = predict_eps_x0(model, schedule, x_t, t, bf16)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)
         mean = schedule.q_posterior_mean(x0_hat, x_t, t)
@@ -216,11 +223,10 @@ def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
 
 
 def _x0_and_eps(model, schedule, x, t, clip_x0, bf16):
-    """ε̂ from the network, x̂₀ from eq. 4 (clamped if asked), and the ε̂ consistent with it."""
+    """ε̂ and x̂₀ from the network, x̂₀ clamped if asked, and then the ε̂ consistent with it."""
     t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    eps = predict_eps(model, x, t_batch, bf16)
+    eps, x0 = predict_eps_x0(model, schedule, x, t_batch, bf16)
     a = _alpha_bar(schedule, t)
-    x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5  # x̂₀ = (xₜ − √(1−ᾱₜ) ε̂) / √ᾱₜ
     if clip_x0:
         x0 = x0.clamp(-1, 1)
         eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5  # the noise that x̂₀ implies

@@ -21,6 +21,15 @@ import torch
 
 from .errors import ConfigError
 
+PREDICTIONS = ("eps", "v")  # what the network outputs: the noise ε, or v = √ᾱ ε − √(1−ᾱ) x₀
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def check_prediction(prediction: str) -> None:
+    """Raise :class:`ConfigError` unless ``prediction`` is one of :data:`PREDICTIONS`."""
+    if prediction not in PREDICTIONS:
+        raise ConfigError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}")
+
 
 class NoiseSchedule:
     """A variance schedule β₁…β_T and the closed-form quantities derived from it.
@@ -130,6 +139,56 @@ class NoiseSchedule:
         """The noise implied by xₜ and a (possibly clipped) x̂₀: ε̂ = (xₜ − √ᾱₜ x̂₀) / √(1−ᾱₜ)."""
         return ((x_t - at_timesteps(self.sqrt_alpha_bars, t, x_t) * x0)
                 / at_timesteps(self.sqrt_one_minus_alpha_bars, t, x_t))
+
+    # ------------------------------------------------------------------------------------
+    # What the network predicts. ε-prediction (Ho et al.) and v-prediction (Salimans & Ho 2022)
+    # are two parameterisations of the same model; these two methods are the only places that
+    # know the difference, so every sampler works with either.
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                        prediction: str = "eps") -> torch.Tensor:
+        """What the network is trained to output for xₜ = q_sample(x0, t, eps).
+
+        ``"eps"``: ε.  ``"v"``: v = √ᾱₜ ε − √(1−ᾱₜ) x₀   (Salimans & Ho 2022, §4).
+        Shapes as :meth:`q_sample`.
+        """
+        if prediction == "eps":
+            return eps
+        check_prediction(prediction)
+        return (at_timesteps(self.sqrt_alpha_bars, t, x0) * eps
+                - at_timesteps(self.sqrt_one_minus_alpha_bars, t, x0) * x0)
+
+    def eps_and_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                   prediction: str = "eps") -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn the network's output at (xₜ, t) into (ε̂, x̂₀), whatever it was trained to predict.
+
+        ``"eps"``: ε̂ = output, x̂₀ = (xₜ − √(1−ᾱₜ) ε̂) / √ᾱₜ.
+        ``"v"``:   x̂₀ = √ᾱₜ xₜ − √(1−ᾱₜ) v̂,  ε̂ = √(1−ᾱₜ) xₜ + √ᾱₜ v̂.
+        All tensors (B, C, H, W); t (B,) code timesteps.
+        """
+        if prediction == "eps":
+            return model_output, self.predict_x0(x_t, t, model_output)
+        check_prediction(prediction)
+        a = at_timesteps(self.sqrt_alpha_bars, t, x_t)  # √ᾱₜ
+        s = at_timesteps(self.sqrt_one_minus_alpha_bars, t, x_t)  # √(1−ᾱₜ)
+        return s * x_t + a * model_output, a * x_t - s * model_output
+
+    def loss_weights(self, t: torch.Tensor, prediction: str = "eps", weighting: str = "none",
+                     snr_gamma: float = 5.0) -> torch.Tensor:
+        """Per-example loss weights (B,) for timesteps t.
+
+        ``"none"``: 1 (Ho et al.'s simple loss). ``"min_snr"`` (Hang et al. 2023): clamp each
+        timestep's weight, measured as an x₀ error, at γ: w = min(SNR, γ) / SNR for ε-prediction
+        and min(SNR, γ) / (SNR + 1) for v-prediction. Low-noise steps, which are easy and would
+        otherwise dominate the gradient, count less.
+        """
+        if weighting == "none":
+            return torch.ones(t.shape, device=t.device)
+        if weighting != "min_snr":
+            raise ConfigError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}; got {weighting!r}")
+        check_prediction(prediction)
+        snr = self.signal_to_noise().to(t.device)[t]  # SNR(t) = ᾱₜ / (1 − ᾱₜ)
+        clamped = snr.clamp(max=snr_gamma)
+        return clamped / snr if prediction == "eps" else clamped / (snr + 1)
 
     def q_posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """μ̃ₜ(xₜ, x₀) = c₁ x₀ + c₂ xₜ, the mean of q(xₜ₋₁ | xₜ, x₀)   (Ho et al. eq. 7)."""

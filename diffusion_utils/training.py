@@ -13,6 +13,7 @@ loss stops the run and names the step.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
@@ -28,6 +28,7 @@ from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load
 from .config import TrainConfig, bf16_available, resolve_device
 from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .loss import diffusion_loss
 from .model import UNet
 from .sampling import sample, to_uint8
 from .schedule import NoiseSchedule
@@ -51,18 +52,25 @@ class TrainResult:
     out_dir: Path = field(default_factory=Path)
 
 
-def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """An EMA copy of ``model``: θ_ema ← d·θ_ema + (1 − d)·θ, with d = min(decay, (1+n)/(10+n)).
+def ema_decay_at(n_averaged: int, max_decay: float, gamma: float) -> float:
+    """The EMA decay for update number ``n_averaged`` + 1: min(max_decay, (1 − 1/(n+1))^(γ+1)).
 
-    The warm-up term (n = updates so far) keeps the early EMA from being dominated by the
-    random initial weights: with decay 0.9995 a plain EMA would need thousands of steps to
-    forget them.
+    Karras et al. 2024's power-function EMA: the first update copies the weights (decay 0), and
+    after n updates the average covers roughly the last n/(γ+1) steps, so the EMA's horizon grows
+    with the run. A 300-step run averages over its last ~40 steps instead of lagging behind the
+    training weights (a fixed decay of 0.9995 would still remember the random initial weights);
+    a long run reaches ``max_decay``.
     """
+    n = float(n_averaged)
+    return min(max_decay, (1.0 - 1.0 / (n + 1.0)) ** (gamma + 1.0))
+
+
+def make_ema(model: torch.nn.Module, decay: float, gamma: float = 6.94) -> AveragedModel:
+    """An EMA copy of ``model``: θ_ema ← d·θ_ema + (1 − d)·θ, with d = :func:`ema_decay_at`."""
 
     @torch.no_grad()
     def ema_update(ema_params, params, num_averaged):
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
+        d = ema_decay_at(int(num_averaged), decay, gamma)
         torch._foreach_lerp_(ema_params, params, 1 - d)
 
     return AveragedModel(model, multi_avg_fn=ema_update)
@@ -73,6 +81,86 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     if config.lr_warmup_steps == 0:
         return config.lr
     return config.lr * min(1.0, (step + 1) / config.lr_warmup_steps)
+
+
+class TrainState:
+    """Everything a run needs to continue exactly — the one owner of what a checkpoint holds.
+
+    It builds a fresh run from a config (the initial weights from ``config.seed``), turns itself
+    into the checkpoint's dict (:meth:`state_dict`) and back (:meth:`load_state_dict`).
+    ``data_rng`` shuffles and flips (on the CPU); ``noise_rng`` draws t and ε (on ``device``).
+    """
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        torch.manual_seed(config.seed)  # the initial weights
+        self.model = UNet.from_config(config).to(device)
+        self.ema = make_ema(self.model, config.ema_decay, config.ema_gamma)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.schedule = NoiseSchedule.from_config(config).to(device)
+        self.data_rng = torch.Generator().manual_seed(config.seed)
+        self.noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.autocast_dtype = torch.bfloat16 if config.bf16 and bf16_available(device) else None
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.losses: list[float] = []
+        self.epoch_grids: dict[int, torch.Tensor] = {}  # epoch → uint8 samples from fixed noise
+
+    def state_dict(self, data_rng_at_epoch_start: torch.Tensor) -> dict:
+        """Plain types and tensors only (loads with ``weights_only=True``). The data generator is
+        saved as it was when the current epoch began, so a resumed run replays the same shuffle."""
+        cuda = self.device.type == "cuda"
+        return {
+            "config": self.config.to_dict(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "losses": torch.tensor(self.losses, dtype=torch.float32),
+            "epoch_grids": self.epoch_grids,
+            "rng": {"data_epoch_start": data_rng_at_epoch_start, "noise": self.noise_rng.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if cuda else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a checkpoint dict (as :func:`~diffusion_utils.load_checkpoint` returns)."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.losses = state["losses"].tolist()
+        self.epoch_grids = dict(state["epoch_grids"])
+        rng = state["rng"]
+        self.data_rng.set_state(rng["data_epoch_start"])
+        self.noise_rng.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])  # dropout draws from the global generators
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+def train_step(state: TrainState, x0: torch.Tensor) -> float:
+    """One optimiser step of Algorithm 1 on the batch ``x0`` (B, C, H, W) in [-1, 1]; returns the loss.
+
+    Raises :class:`TrainingDiverged` (before touching the weights) if the loss is not finite.
+    """
+    config = state.config
+    loss = diffusion_loss(state.model, state.schedule, x0.to(state.device, non_blocking=True),
+                          generator=state.noise_rng, loss_weighting=config.loss_weighting,
+                          snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(f"loss became {loss_value} at step {state.step} (epoch {state.epoch + 1}); "
+                               f"lower lr (now {config.lr}) or check the data")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # ∇θ of the loss
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(config, state.step)
+    state.optimizer.step()
+    state.ema.update_parameters(state.model)
+    state.step += 1
+    state.batch_in_epoch += 1
+    state.losses.append(loss_value)
+    return loss_value
 
 
 def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: ImageDataset | None = None,
@@ -101,106 +189,59 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     if dataset.img_size != config.img_size:
         raise ConfigError(f"the dataset's images are {dataset.img_size} px but img_size is {config.img_size}")
 
-    torch.manual_seed(config.seed)  # the initial weights
-    model = UNet.from_config(config).to(device)
-    ema = make_ema(model, config.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = NoiseSchedule.from_config(config).to(device)
-    data_rng = torch.Generator().manual_seed(config.seed)  # shuffling and flips
-    noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)  # t and ε
+    state = TrainState(config, device)
     grid_noise = torch.randn(config.sample_grid_n, 3, config.img_size, config.img_size,
                              generator=torch.Generator().manual_seed(config.seed + 2))
-    step = epoch = batch_in_epoch = 0
-    losses: list[float] = []
-    epoch_grids: dict[int, torch.Tensor] = {}
-
     if resume:
-        state = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to device
-        check_compatible(state["config"], config, ckpt_path)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        losses = state["losses"].tolist()
-        epoch_grids = dict(state["epoch_grids"])
-        rng = state["rng"]
-        data_rng.set_state(rng["data_epoch_start"])
-        noise_rng.set_state(rng["noise"])
-        torch.set_rng_state(rng["torch"])  # dropout draws from the global generators
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-
-    def checkpoint_state(epoch_start_rng: torch.Tensor) -> dict:
-        return {
-            "config": config.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "losses": torch.tensor(losses, dtype=torch.float32),
-            "epoch_grids": epoch_grids,
-            "rng": {"data_epoch_start": epoch_start_rng, "noise": noise_rng.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        }
+        saved = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to device
+        check_compatible(saved["config"], config, ckpt_path)
+        state.load_state_dict(saved)
 
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size)
     total_steps = steps_per_epoch * config.num_epochs
-    if step > total_steps:
-        raise ConfigError(f"the checkpoint is already at step {step}, past num_epochs={config.num_epochs}; "
+    if state.step > total_steps:
+        raise ConfigError(f"the checkpoint is already at step {state.step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=config.bf16 and bf16_available(device))
-    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress)
-    start_time, start_step = time.perf_counter(), step
-    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
+    start_time, start_step = time.perf_counter(), state.step
+    state.model.train()
     try:
         with _StopOnCtrlC() as stop:
-            while epoch < config.num_epochs:
-                epoch_start_rng = data_rng.get_state()
-                for x0 in epoch_batches(dataset.images, config.batch_size, data_rng, start=batch_in_epoch):
-                    x0 = x0.to(device, non_blocking=True)
-                    t = torch.randint(0, schedule.n_steps, (x0.shape[0],), device=device, generator=noise_rng)
-                    eps = torch.randn(x0.shape, device=device, generator=noise_rng)
-                    x_t = schedule.q_sample(x0, t, eps)  # xₜ = √ᾱₜ x₀ + √(1−ᾱₜ) ε
-                    with torch.autocast(**autocast):
-                        eps_pred = model(x_t, t)
-                    loss = F.mse_loss(eps_pred.float(), eps)  # ‖ε − ε_θ(xₜ, t)‖²
-                    loss_value = loss.item()
-                    if loss_value != loss_value or abs(loss_value) == float("inf"):
-                        raise TrainingDiverged(
-                            f"loss became {loss_value} at step {step} (epoch {epoch + 1}); lower lr "
-                            f"(now {config.lr}) or check the data" + (f"; the last good checkpoint is {ckpt_path}"
-                                                        if ckpt_path.exists() else ""))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    for group in optimizer.param_groups:
-                        group["lr"] = learning_rate(config, step)
-                    optimizer.step()
-                    ema.update_parameters(model)
-                    step += 1
-                    batch_in_epoch += 1
-                    losses.append(loss_value)
+            while state.epoch < config.num_epochs:  # Algorithm 1: repeat …
+                epoch_start_rng = state.data_rng.get_state()
+                for x0 in epoch_batches(dataset.images, config.batch_size, state.data_rng,
+                                        start=state.batch_in_epoch):
+                    try:
+                        loss_value = train_step(state, x0)
+                    except TrainingDiverged as err:
+                        last_good = f"; the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else ""
+                        raise TrainingDiverged(f"{err}{last_good}") from None
                     bar.update(1)
-                    bar.set_postfix(epoch=f"{epoch + 1}/{config.num_epochs}", loss=f"{loss_value:.4f}")
+                    bar.set_postfix(epoch=f"{state.epoch + 1}/{config.num_epochs}", loss=f"{loss_value:.4f}")
                     if on_step is not None:
-                        on_step(step, loss_value)
+                        on_step(state.step, loss_value)
                     if stop.requested:
-                        save_checkpoint(ckpt_path, checkpoint_state(epoch_start_rng))
-                        raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved to {ckpt_path}")
-                epoch += 1
-                batch_in_epoch = 0
-                if epoch % config.sample_every == 0 or epoch == config.num_epochs:
-                    epoch_grids[epoch] = _sample_grid(ema.module, schedule, config, grid_noise)
-                    save_grid(epoch_grids[epoch], out_dir / "samples" / f"epoch_{epoch:03d}.png")
-                save_checkpoint(ckpt_path, checkpoint_state(data_rng.get_state()))
+                        save_checkpoint(ckpt_path, state.state_dict(epoch_start_rng))
+                        raise KeyboardInterrupt(f"interrupted at step {state.step}; checkpoint saved to {ckpt_path}")
+                state.epoch += 1  # … until converged (here: num_epochs)
+                state.batch_in_epoch = 0
+                if state.epoch % config.sample_every == 0 or state.epoch == config.num_epochs:
+                    grid = _sample_grid(state.ema.module, state.schedule, config, grid_noise)
+                    state.epoch_grids[state.epoch] = grid
+                    save_grid(grid, out_dir / "samples" / f"epoch_{state.epoch:03d}.png")
+                save_checkpoint(ckpt_path, state.state_dict(state.data_rng.get_state()))
     finally:
         bar.close()
     seconds = time.perf_counter() - start_time
-    if losses:
-        plot_loss(losses, out_dir / "loss.png")
-    if epoch_grids:
-        plot_epoch_table(epoch_grids, out_dir / "epoch_samples.png")
-    return TrainResult(config=config, model=model, ema_model=ema.module, schedule=schedule, losses=losses,
-                       epoch_grids=epoch_grids, checkpoint_path=ckpt_path, device=device, seconds=seconds,
-                       images_seen=(step - start_step) * min(config.batch_size, len(dataset)), out_dir=out_dir)
+    if state.losses:
+        plot_loss(state.losses, out_dir / "loss.png")
+    if state.epoch_grids:
+        plot_epoch_table(state.epoch_grids, out_dir / "epoch_samples.png")
+    return TrainResult(config=config, model=state.model, ema_model=state.ema.module, schedule=state.schedule,
+                       losses=state.losses, epoch_grids=state.epoch_grids, checkpoint_path=ckpt_path,
+                       device=device, seconds=seconds,
+                       images_seen=(state.step - start_step) * min(config.batch_size, len(dataset)),
+                       out_dir=out_dir)
 
 
 def load_or_train(checkpoint: str | Path, config: TrainConfig, device=None, progress: bool = True):

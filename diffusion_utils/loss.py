@@ -1,0 +1,53 @@
+"""Algorithm 1 of Ho et al. 2020 — the training loss — in one function.
+
+    x₀ ~ q(x₀),  t ~ Uniform({1, …, T}),  ε ~ N(0, I)
+    L(θ) = ‖ε − ε_θ(√ᾱₜ x₀ + √(1−ᾱₜ) ε, t)‖²
+
+Two documented options generalise it without changing its shape:
+
+- ``prediction="v"`` (Salimans & Ho 2022): the network outputs v = √ᾱₜ ε − √(1−ᾱₜ) x₀ instead
+  of ε, and the loss is ‖v − v_θ‖². Near t = T, ε-prediction asks the network to output the
+  noise it was given (an easy task that tells it little about the image), while v moves smoothly
+  from ε at t ≈ 0 to −x₀ at t ≈ T.
+- ``loss_weighting="min_snr"`` (Hang et al. 2023): each example's squared error is weighted by
+  :meth:`NoiseSchedule.loss_weights`, which stops the many easy low-noise steps from dominating.
+
+``train()`` calls :func:`diffusion_loss` once per step; so do the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .schedule import NoiseSchedule
+
+
+def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, *,
+                   generator: torch.Generator | None = None, loss_weighting: str = "none",
+                   snr_gamma: float = 5.0, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The loss of one batch, a scalar tensor (Algorithm 1, lines 2–5).
+
+    Args:
+        model: the network; ``model.prediction`` (``"eps"`` or ``"v"``, default ``"eps"``)
+            says what it outputs.
+        schedule: the noise schedule, on ``x0``'s device.
+        x0: clean images (B, C, H, W) in [-1, 1].
+        generator: draws t and ε (on ``x0``'s device), in that order.
+        loss_weighting: ``"none"`` (the simple loss) or ``"min_snr"``; ``snr_gamma`` is its γ.
+        autocast_dtype: run the network under ``torch.autocast`` in this dtype (e.g. bfloat16);
+            the loss itself is always computed in float32.
+    """
+    prediction = getattr(model, "prediction", "eps")
+    b = x0.shape[0]
+    t = torch.randint(0, schedule.n_steps, (b,), device=x0.device, generator=generator)  # t ~ U{1…T}
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)  # ε ~ N(0, I)
+    x_t = schedule.q_sample(x0, t, eps)  # xₜ = √ᾱₜ x₀ + √(1−ᾱₜ) ε
+    autocast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    with autocast:
+        output = model(x_t, t)  # ε_θ(xₜ, t) (or v_θ)
+    target = schedule.training_target(x0, t, eps, prediction)  # ε (or v)
+    per_example = (output.float() - target).pow(2).mean(dim=(1, 2, 3))  # ‖target − output‖²
+    return (schedule.loss_weights(t, prediction, loss_weighting, snr_gamma) * per_example).mean()
