@@ -8,12 +8,13 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers
 - :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
+- :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
 - :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
 - :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`, :func:`extract_features`: sample quality vs real images
 - :mod:`~diffusion_utils.evaluation` — :func:`evaluate_samplers`: KID and wall time per sampler
 - :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
 - :mod:`~diffusion_utils.widgets` — the denoising slider
-- :mod:`~diffusion_utils.cli` — ``python -m diffusion_utils train|sample``
+- :mod:`~diffusion_utils.cli` — ``python -m diffusion_utils train|sample|export``
 """
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
@@ -24,6 +25,7 @@ from .evaluation import SamplerRun, evaluate_samplers
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
                       compute_kid, extract_features)
 from .model import UNet, count_parameters, sinusoidal_embedding
+from .pretrained import PRETRAINED, export_pretrained, load_pretrained, pretrained_card
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
 from .training import TrainResult, load_or_train, make_ema, train
@@ -35,7 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",
-    "DenoisingSlider", "DiffusionError", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
+    "DenoisingSlider", "DiffusionError", "PRETRAINED", "export_pretrained", "load_pretrained", "pretrained_card", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_or_train", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",

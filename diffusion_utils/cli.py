@@ -1,8 +1,10 @@
-"""Command line: ``python -m diffusion_utils train …`` and ``python -m diffusion_utils sample …``.
+"""Command line: ``python -m diffusion_utils train|sample|export …``.
 
 train  writes  OUT/diffusion_unet_pixels.pth  (checkpoint: model, EMA, optimizer, config, RNG)
                OUT/loss.png, OUT/epoch_samples.png, OUT/samples/epoch_NNN.png
 sample writes  OUT/samples_grid.png, OUT/diffusion_animation.gif, OUT/generated_pixel_diffusion.png
+               from a --checkpoint (OUT: its folder) or --pretrained weights (OUT: outputs/)
+export writes  FILE.pt (the EMA weights in float16 + config + card) and FILE.md (the model card)
 
 Mistakes in input (a bad count, beta_end <= beta_start, an image size the UNet cannot halve, an
 unknown dataset, an empty folder, a missing/corrupt/mismatched checkpoint) print one line and
@@ -12,6 +14,9 @@ exit with status 2, before anything on disk is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -22,6 +27,7 @@ from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load
 from .config import PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
 from .errors import DiffusionError
+from .pretrained import PRETRAINED, export_pretrained, load_pretrained
 from .sampling import sample
 from .training import train
 from .visualization import save_animation, save_grid, save_large_sample
@@ -103,20 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in OUT")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    sa = commands.add_parser("sample", help="generate images from a checkpoint")
-    sa.add_argument("--checkpoint", required=True, help=f"a {CHECKPOINT_NAME} written by train")
+    sa = commands.add_parser("sample", help="generate images from a checkpoint or pretrained weights")
+    source = sa.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help=f"a {CHECKPOINT_NAME} written by train")
+    source.add_argument("--pretrained", metavar="NAME",
+                        help=f"weights shipped with the package ({', '.join(PRETRAINED) or 'none installed'}) "
+                             f"or a .pt file written by export")
     sa.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
     sa.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     sa.add_argument("--sampler", choices=SAMPLERS, default=None,
-                    help="ddpm (T ancestral steps), ddim or dpmpp (default: the checkpoint's)")
+                    help="ddpm (T ancestral steps), ddim or dpmpp (default: the model's config)")
     sa.add_argument("--steps", type=_positive_int, default=None,
-                    help="network calls per image for ddim/dpmpp (default: the checkpoint's)")
+                    help="network calls per image for ddim/dpmpp (default: the model's config)")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic … 1 DDPM-like")
-    sa.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    sa.add_argument("--out", default=None,
+                    help="output folder (default: the checkpoint's folder; outputs with --pretrained)")
     sa.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps")
     sa.add_argument("--frames", type=_positive_int, default=40, help="frames in the GIF (default 40)")
     sa.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
     sa.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ex = commands.add_parser("export", help="write a checkpoint's EMA weights as a float16 pretrained file "
+                                            "with a model card")
+    ex.add_argument("--checkpoint", required=True, help=f"a {CHECKPOINT_NAME} written by train")
+    ex.add_argument("--out", required=True, help="the .pt file to write (the card goes next to it as .md)")
+    ex.add_argument("--card", default=None,
+                    help="a JSON object of model-card facts (command, commit, wall_time, kid, kid_std, fid, "
+                         "floor_kid, floor_fid, n_samples, sampler, notes, …); default: what the checkpoint knows")
     return parser
 
 
@@ -152,7 +171,12 @@ def run_train(args) -> int:
 
 def run_sample(args) -> int:
     device = resolve_device(args.device)
-    model, schedule, config = load_model(args.checkpoint, device, use_ema=not args.raw_weights)
+    if args.pretrained is not None:
+        if args.raw_weights:
+            raise DiffusionError("--raw-weights needs --checkpoint: a pretrained file holds only the EMA weights")
+        model, schedule, config = load_pretrained(args.pretrained, device)
+    else:
+        model, schedule, config = load_model(args.checkpoint, device, use_ema=not args.raw_weights)
     sampler = args.sampler or config.sampler
     if args.steps is not None:
         steps = args.steps
@@ -167,7 +191,10 @@ def run_sample(args) -> int:
         raise DiffusionError(f"--steps must be between 1 and {schedule.n_steps}; got {steps}")
     if not 0.0 <= args.eta <= 1.0:
         raise DiffusionError(f"--eta must be between 0 and 1; got {args.eta}")
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    if args.out:
+        out = Path(args.out)
+    else:  # never the package's own folder for shipped weights
+        out = Path("outputs") if args.pretrained is not None else Path(args.checkpoint).parent
     print(f"Sampling {args.n} images with {sampler} ({steps} steps) on {device} …", file=sys.stderr)
     start = time.perf_counter()
     images, trajectory = sample(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
@@ -183,6 +210,57 @@ def run_sample(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    card = _read_card(args.card) if args.card else {}
+    if "command" not in card:
+        state = load_checkpoint(args.checkpoint)  # one-line errors for a bad checkpoint, before any write
+        command = train_command(state["config"])
+        if command:
+            card = {"command": command, "command_source": "reconstructed from the checkpoint's config", **card}
+    path = export_pretrained(args.checkpoint, args.out, card)
+    print(f"Wrote {path} and {path.with_suffix('.md')}.\n"
+          f"Next: python -m diffusion_utils sample --pretrained {path}")
+    return 0
+
+
+def _read_card(path: str) -> dict:
+    """A model card's facts from a JSON file: one-line errors for a missing file or bad JSON."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise DiffusionError(f"cannot read the card {path} ({err.strerror or type(err).__name__}); "
+                             f"pass a JSON file or leave --card out") from None
+    try:
+        card = json.loads(text)
+    except ValueError as err:
+        raise DiffusionError(f"the card {path} is not valid JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(card, dict):
+        raise DiffusionError(f"the card {path} must hold a JSON object ({{\"kid\": 0.01, …}}); "
+                             f"got a {type(card).__name__}")
+    return card
+
+
+def train_command(config: TrainConfig) -> str | None:
+    """A ``train`` command line that builds ``config`` with today's presets, or None when the
+    flags cannot express it (e.g. a channel_mults no preset has). ``data_root`` (a machine path) is left out."""
+    flag_of = {field: flag for flag, (field, _, _) in TRAIN_OVERRIDES.items()}
+    best = None
+    for preset in ("quick", "full"):
+        base = TrainConfig.preset(preset)
+        words = ["python", "-m", "diffusion_utils", "train", "--preset", preset]
+        for field in dataclasses.fields(TrainConfig):
+            value = getattr(config, field.name)
+            if field.name == "data_root" or value == getattr(base, field.name):
+                continue
+            if field.name not in flag_of or value is None:
+                break
+            words += ["--" + flag_of[field.name].replace("_", "-"), str(value)]
+        else:
+            if best is None or len(words) < len(best):
+                best = words
+    return shlex.join(best) if best else None
+
+
 def _describe(config: TrainConfig) -> str:
     data = config.data + (f" ({config.max_images} images)" if config.max_images else "")
     return (f"{data} at {config.img_size}px, {config.num_epochs} epochs, batch {config.batch_size}, "
@@ -192,7 +270,7 @@ def _describe(config: TrainConfig) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_train(args) if args.command == "train" else run_sample(args)
+        return {"train": run_train, "sample": run_sample, "export": run_export}[args.command](args)
     except DiffusionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -259,6 +259,7 @@ def test_bad_checkpoint_exits_2_with_one_line(case, sample_out, capsys):
 
 
 def test_missing_command_or_unknown_flag_is_one_line(capsys):
-    for argv in ([], ["fly"], ["train", "--no-such-flag"], ["sample"]):
+    for argv in ([], ["fly"], ["train", "--no-such-flag"], ["sample"], ["sample", "--checkpoint", "a.pth",
+                 "--pretrained", "b.pt"], ["export"], ["export", "--checkpoint", "a.pth"]):
         assert run_main(argv) == 2
         assert_one_error_line(capsys.readouterr().err)
