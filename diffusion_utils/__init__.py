@@ -6,6 +6,7 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.schedule` — :class:`NoiseSchedule`, the forward process q(xₜ | x₀)
 - :mod:`~diffusion_utils.model` — :class:`UNet`, the noise predictor ε_θ(xₜ, t)
 - :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers
+- :mod:`~diffusion_utils.loss` — :func:`diffusion_loss`, Algorithm 1: the training loss in one function
 - :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
@@ -25,10 +26,11 @@ from .evaluation import SamplerRun, evaluate_samplers
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
                       compute_kid, extract_features)
 from .model import UNet, count_parameters, sinusoidal_embedding
-from .pretrained import PRETRAINED, export_pretrained, load_pretrained, pretrained_card
+from .loss import diffusion_loss
+from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_trained_or_pretrained, pretrained_card
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
-from .training import TrainResult, load_or_train, make_ema, train
+from .training import TrainResult, TrainState, make_ema, train, train_step
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_schedules, save_animation, save_grid, save_large_sample, show_images)
 from .widgets import DenoisingSlider, denoising_slider
@@ -40,7 +42,7 @@ __all__ = [
     "DenoisingSlider", "DiffusionError", "PRETRAINED", "export_pretrained", "load_pretrained", "pretrained_card", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
-    "load_checkpoint", "load_dataset", "load_model", "load_or_train", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
+    "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",

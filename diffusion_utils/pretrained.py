@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_model
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
 from .model import UNet, count_parameters
@@ -400,3 +400,27 @@ def _read(name) -> tuple[dict, Path]:
 
 __all__ = ["PRETRAINED", "PRETRAINED_FORMAT", "available_pretrained", "export_pretrained", "load_pretrained",
            "pretrained_card", "pretrained_path", "render_card"]
+
+
+def load_trained_or_pretrained(checkpoint: str | os.PathLike, pretrained: str = "flowers32", device="cpu"):
+    """The EMA model notebook 03 saved at ``checkpoint`` if there is a readable one, else the
+    pretrained weights ``pretrained``; prints one line saying which. Never trains.
+
+    This is how notebooks 04 and 05 show the reader's own model when they trained one, and real
+    flowers when they did not. Returns ``(model, schedule, config)`` like :func:`load_model`.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.exists():
+        try:
+            model, schedule, config = load_model(checkpoint, device)
+            print(f"Showing the model notebook 03 trained ({checkpoint}: {config.num_epochs} epochs at "
+                  f"{config.img_size} px).")
+            return model, schedule, config
+        except CheckpointError as err:
+            print(f"Not using {checkpoint}: {err}")
+    model, schedule, config = load_pretrained(pretrained, device)
+    seen = model.card.get("images_seen")
+    print(f"Showing the pretrained {pretrained} model ({config.img_size} px"
+          + (f", {seen:,} training images seen" if isinstance(seen, int) else "")
+          + f"); run notebook 03 to train your own into {checkpoint}.")
+    return model, schedule, config

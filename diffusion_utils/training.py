@@ -244,30 +244,6 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
                        out_dir=out_dir)
 
 
-def load_or_train(checkpoint: str | Path, config: TrainConfig, device=None, progress: bool = True):
-    """The EMA model saved in ``checkpoint`` if there is a readable one; otherwise first train the
-    ``quick`` preset (on ``config.data``) into the checkpoint's folder.
-
-    This is how notebooks 04 and 05 reuse the model notebook 03 trained, yet still run standalone.
-    Returns ``(model, schedule, trained_config)``: the config the model was actually trained with.
-    """
-    checkpoint = Path(checkpoint)
-    device = device or resolve_device(config.device)
-    if checkpoint.exists():
-        try:
-            model, schedule, trained = load_model(checkpoint, device)
-            print(f"Using the model notebook 03 trained: {checkpoint} ({trained.num_epochs} epochs, "
-                  f"{trained.img_size} px).")
-            return model, schedule, trained
-        except CheckpointError as err:
-            print(f"Not using {checkpoint}: {err}")
-    quick = TrainConfig.preset("quick", data=config.data, data_root=config.data_root, device=config.device)
-    print(f"No usable checkpoint from notebook 03 at {checkpoint}: training a quick model here "
-          f"({quick.num_epochs} epochs at {quick.img_size} px; a few minutes on a CPU).")
-    train(quick, checkpoint.parent, progress=progress)
-    return load_model(checkpoint, device)
-
-
 def _sample_grid(model, schedule, config: TrainConfig, grid_noise: torch.Tensor) -> torch.Tensor:
     """Samples from the same starting noise every time, so the table shows progress, not luck."""
     images = sample(model, schedule, len(grid_noise), img_size=config.img_size, sampler=config.sampler,

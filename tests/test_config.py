@@ -42,6 +42,9 @@ def test_presets_build():
     ("ema_decay", 1.0), ("grad_clip", 0.0), ("seed", -1), ("lr_warmup_steps", -1),
     ("sampler", "euler"), ("schedule", "sigmoid"), ("device", "gpu"), ("device", "tpu"),
     ("time_emb_dim", 15), ("attention_levels", (4,)), ("channel_mults", ()),
+    ("prediction", "x0"), ("prediction", "EPS"), ("prediction", None), ("loss_weighting", "p2"),
+    ("loss_weighting", None), ("snr_gamma", 0.0), ("snr_gamma", -1.0), ("snr_gamma", float("nan")),
+    ("ema_gamma", 0.0), ("ema_gamma", -6.94),
 ])
 def test_invalid_values_raise_config_error_naming_the_field(field, value):
     """Each out-of-range value raises ConfigError, and the message names the field."""
@@ -126,3 +129,45 @@ def test_to_dict_from_dict_round_trip():
     assert TrainConfig.from_dict({**d, "from_the_future": 1}) == c
     with pytest.raises(ConfigError):
         TrainConfig.from_dict({**d, "img_size": -1})
+
+
+def test_prediction_and_loss_defaults_are_ho_et_al():
+    """The defaults are Ho et al.'s: ε-prediction, the unweighted simple loss; γ = 5 (Hang et
+    al.'s default) and the EMA's γ = 6.94 (Karras et al.'s σ_rel = 0.10). Both presets keep them."""
+    for c in (TrainConfig(), TrainConfig.preset("quick")):
+        assert (c.prediction, c.loss_weighting, c.snr_gamma, c.ema_gamma) == ("eps", "none", 5.0, 6.94)
+    c = TrainConfig(prediction="v", loss_weighting="min_snr", snr_gamma=2.5, ema_gamma=16.0)
+    assert (c.prediction, c.loss_weighting, c.snr_gamma, c.ema_gamma) == ("v", "min_snr", 2.5, 16.0)
+
+
+def test_unet_from_config_carries_the_prediction():
+    """UNet.from_config builds a model whose .prediction is the config's; the weights do not
+    depend on it (same seed → same parameters); an unknown prediction is a ConfigError."""
+    import torch
+
+    small = dict(img_size=8, base_channels=8, channel_mults=(1, 2), attention_levels=(1,), time_emb_dim=16)
+    torch.manual_seed(0)
+    eps_model = UNet.from_config(TrainConfig(**small))
+    torch.manual_seed(0)
+    v_model = UNet.from_config(TrainConfig(**small, prediction="v"))
+    assert eps_model.prediction == "eps" and v_model.prediction == "v"
+    for (name, a), (_, b) in zip(eps_model.state_dict().items(), v_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="prediction"):
+        UNet(**small, prediction="x0")
+
+
+def test_new_fields_round_trip_and_default_when_missing():
+    """prediction, loss_weighting, snr_gamma and ema_gamma survive to_dict/from_dict; a dict
+    from before they existed (a checkpoint's config) gives ε-prediction and the simple loss."""
+    c = TrainConfig.preset("quick", prediction="v", loss_weighting="min_snr", snr_gamma=3.0, ema_gamma=10.0)
+    d = c.to_dict()
+    assert (d["prediction"], d["loss_weighting"], d["snr_gamma"], d["ema_gamma"]) == ("v", "min_snr", 3.0, 10.0)
+    assert TrainConfig.from_dict(d) == c
+    old = {k: v for k, v in d.items() if k not in ("prediction", "loss_weighting", "snr_gamma", "ema_gamma")}
+    restored = TrainConfig.from_dict(old)
+    assert (restored.prediction, restored.loss_weighting, restored.snr_gamma, restored.ema_gamma) == \
+        ("eps", "none", 5.0, 6.94)
+    assert restored == c.replace(prediction="eps", loss_weighting="none", snr_gamma=5.0, ema_gamma=6.94)
+    with pytest.raises(ConfigError, match="prediction"):
+        TrainConfig.from_dict({**d, "prediction": "x0"})

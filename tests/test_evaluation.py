@@ -1,12 +1,13 @@
 """Comparing samplers (diffusion_utils.evaluation) and the helpers notebooks 04/05 lean on:
-``evaluate_samplers``, ``plot_sampler_comparison``, ``load_or_train``."""
+``evaluate_samplers``, ``plot_sampler_comparison``, ``load_trained_or_pretrained``."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from diffusion_utils import (NoiseSchedule, RandomConvFeatures, TrainConfig, load_or_train, make_synthetic_flowers,
+from diffusion_utils import (NoiseSchedule, RandomConvFeatures, TrainConfig, export_pretrained, load_trained_or_pretrained, make_synthetic_flowers,
                              plot_sampler_comparison)
 from diffusion_utils.evaluation import evaluate_samplers
 
@@ -58,27 +59,18 @@ def test_plot_sampler_comparison_draws_both_panels(tmp_path):
     assert (tmp_path / "cmp.png").stat().st_size > 0
 
 
-def test_load_or_train_uses_a_checkpoint_or_trains_a_quick_model(trained_run, tmp_path, monkeypatch, capsys):
-    """An existing checkpoint is loaded (EMA weights, its own config); a missing one makes
-    load_or_train train the quick preset into that folder first, and say so."""
-    model, schedule, trained = load_or_train(trained_run.checkpoint_path, TrainConfig.preset("quick"))
+def test_load_trained_or_pretrained_prefers_the_checkpoint_and_never_trains(trained_run, tmp_path, monkeypatch, capsys):
+    """An existing checkpoint is loaded (EMA weights, its own config) and named; a missing or
+    unreadable one falls back to the pretrained file, says so, and trains nothing."""
+    model, schedule, trained = load_trained_or_pretrained(trained_run.checkpoint_path)
     assert trained.img_size == trained_run.config.img_size and schedule.n_steps == trained.n_steps
-    assert "Using the model notebook 03 trained" in capsys.readouterr().out
+    assert "Showing the model notebook 03 trained" in capsys.readouterr().out
 
-    calls = []
-
-    def fake_train(config, out_dir, progress=True):  # the real quick preset takes minutes
-        calls.append(config)
-        from diffusion_utils import train
-        train(config.replace(img_size=16, max_images=16, base_channels=8, channel_mults=(1, 2),
-                             attention_levels=(), num_res_blocks=1, time_emb_dim=16, num_epochs=1,
-                             n_steps=20, sample_steps=5, batch_size=8, sample_grid_n=2),
-              out_dir, progress=False)
-
-    monkeypatch.setattr("diffusion_utils.training.train", fake_train)
-    target = tmp_path / "nb" / "diffusion_unet_pixels.pth"
-    model, schedule, trained = load_or_train(target, TrainConfig.preset("full", data="synthetic"))
-    out = capsys.readouterr().out
-    assert "training a quick model here" in out and target.exists()
-    assert calls[0].img_size == TrainConfig.preset("quick").img_size and calls[0].data == "synthetic"
-    assert trained.img_size == 16 and np.isfinite(next(model.parameters()).detach().numpy()).all()
+    exported = export_pretrained(trained_run.checkpoint_path, tmp_path / "mine.pt", {"images_seen": 1234})
+    monkeypatch.setattr("diffusion_utils.training.train", lambda *a, **k: pytest.fail("must not train"))
+    for missing_or_bad in (tmp_path / "nb" / "diffusion_unet_pixels.pth", exported.with_suffix(".md")):
+        model, schedule, config = load_trained_or_pretrained(missing_or_bad, pretrained=str(exported))
+        out = capsys.readouterr().out
+        assert "Showing the pretrained" in out and "1,234 training images seen" in out
+        assert config.img_size == trained_run.config.img_size and not model.training
+    assert not (tmp_path / "nb").exists()

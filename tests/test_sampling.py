@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from diffusion_utils import ConfigError, NoiseSchedule, p_sample, sample, timesteps_for, to_uint8
+from diffusion_utils.sampling import predict_eps_x0
 
 from conftest import tiny_unet
 
@@ -308,3 +309,72 @@ def test_sample_restores_the_models_training_mode(model16, schedule20):
         assert model16.training
     finally:
         model16.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# v-prediction: every sampler goes through the schedule's one conversion
+# ---------------------------------------------------------------------------------------------
+class VFromEps(nn.Module):
+    """A "v model" built from an ε model: it outputs v̂ = √ᾱₜ ε̂ − √(1−ᾱₜ) x̂₀ with
+    x̂₀ = (xₜ − √(1−ᾱₜ) ε̂)/√ᾱₜ, computed by hand in float64. Read as v, it is the same model."""
+
+    def __init__(self, eps_model: nn.Module, schedule: NoiseSchedule):
+        super().__init__()
+        self.eps_model = eps_model
+        self.img_size = eps_model.img_size
+        self.prediction = "v"
+        self.ab = torch.cumprod(1 - schedule.betas.double(), 0)
+
+    def forward(self, x, t):
+        eps = self.eps_model(x, t).double()
+        ab = self.ab[torch.as_tensor(t).reshape(-1)].view(-1, 1, 1, 1)
+        x0 = (x.double() - (1 - ab).sqrt() * eps) / ab.sqrt()
+        return (ab.sqrt() * eps - (1 - ab).sqrt() * x0).float()
+
+
+def test_predict_eps_x0_reads_the_models_prediction(model16, schedule20):
+    """predict_eps_x0 gives the same (ε̂, x̂₀) for an ε model and the v model built from it; the
+    same v output read as ε (prediction flipped to "eps") gives something else."""
+    v_model = VFromEps(model16, schedule20)
+    x = torch.randn(3, 3, 16, 16, generator=_gen(0))
+    t = torch.tensor([0, 9, 19])
+    eps_a, x0_a = predict_eps_x0(model16, schedule20, x, t)
+    eps_b, x0_b = predict_eps_x0(v_model, schedule20, x, t)
+    torch.testing.assert_close(eps_b, eps_a, rtol=0, atol=1e-4)
+    torch.testing.assert_close(x0_b, x0_a, rtol=0, atol=1e-4)
+    v_model.prediction = "eps"
+    eps_c, _ = predict_eps_x0(v_model, schedule20, x, t)
+    assert (eps_c - eps_a).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 7, 0.0), ("ddim", 7, 1.0),
+                                                 ("dpmpp", 7, 0.0)])
+@pytest.mark.parametrize("clip_x0", [True, False])
+def test_samplers_give_the_same_images_for_an_eps_model_and_its_v_twin(model16, schedule20, sampler, steps,
+                                                                        eta, clip_x0):
+    """An ε-UNet and the v model that outputs the v it implies sample the same images (and the
+    same trajectory, noisy frames and x̂₀ frames) from the same generator, for every sampler: each
+    one turns the output into (ε̂, x̂₀) through the schedule, never by assuming ε. Read as ε, the
+    v twin's outputs give different images."""
+    v_model = VFromEps(model16, schedule20)
+    kw = dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, return_trajectory=True, progress=False)
+    images_eps, traj_eps = sample(model16, schedule20, 2, generator=_gen(4), **kw)
+    images_v, traj_v = sample(v_model, schedule20, 2, generator=_gen(4), **kw)
+    torch.testing.assert_close(images_v, images_eps, rtol=0, atol=2e-5)
+    assert traj_v.timesteps == traj_eps.timesteps
+    for a, b in ((traj_v.frames, traj_eps.frames), (traj_v.x0_frames, traj_eps.x0_frames)):
+        diff = (a.int() - b.int()).abs()
+        assert diff.max() <= 1 and (diff == 0).float().mean() > 0.99  # uint8 rounding at most
+    v_model.prediction = "eps"
+    wrong = sample(v_model, schedule20, 2, generator=_gen(4), **{**kw, "return_trajectory": False})
+    assert (wrong - images_eps).abs().max() > 0.1
+
+
+def test_a_v_unet_samples_in_range(schedule20):
+    """A (random) UNet(prediction="v") samples finite images in [-1, 1] with each sampler."""
+    model = tiny_unet(16, prediction="v")
+    assert model.prediction == "v"
+    for sampler, steps in (("ddpm", None), ("ddim", 5), ("dpmpp", 5)):
+        images = sample(model, schedule20, 2, sampler=sampler, steps=steps, generator=_gen(0), progress=False)
+        assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+        assert images.min() >= -1 and images.max() <= 1 and images.std() > 0

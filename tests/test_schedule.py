@@ -198,3 +198,155 @@ def test_invalid_schedules_raise_config_error():
                 lambda: NoiseSchedule(torch.tensor([0.1, 1.0])), lambda: NoiseSchedule(torch.tensor([]))):
         with pytest.raises(ConfigError):
             bad()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the network predicts: the ε and v parameterisations (Salimans & Ho 2022)
+# ---------------------------------------------------------------------------------------------
+def _batch(n_steps: int, seed: int, n: int = 8):
+    """Random code timesteps (always including 0 and T−1), x₀ in [-1, 1] and ε, in float32."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, n_steps, (n,), generator=gen)
+    t[0], t[-1] = 0, n_steps - 1
+    x0 = torch.rand(n, 3, 4, 4, generator=gen) * 2 - 1
+    eps = torch.randn(x0.shape, generator=gen)
+    return t, x0, eps
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_v_target_is_sqrt_ab_eps_minus_sqrt_one_minus_ab_x0(kind):
+    """training_target(…, "v") = √ᾱₜ ε − √(1−ᾱₜ) x₀ (float64 by hand, random per-image t);
+    training_target(…, "eps") is ε itself, also the default."""
+    s = NoiseSchedule.linear(1000) if kind == "linear" else NoiseSchedule.cosine(1000)
+    t, x0, eps = _batch(1000, 0)
+    ab = torch.cumprod(1 - s.betas.double(), 0)[t].view(-1, 1, 1, 1)
+    v = ab.sqrt() * eps.double() - (1 - ab).sqrt() * x0.double()
+    torch.testing.assert_close(s.training_target(x0, t, eps, "v").double(), v, rtol=0, atol=2e-6)
+    assert torch.equal(s.training_target(x0, t, eps, "eps"), eps)
+    assert torch.equal(s.training_target(x0, t, eps), eps)
+    # v runs from ≈ ε at t = 0 to ≈ −x₀ at t = T − 1
+    torch.testing.assert_close(s.training_target(x0, t, eps, "v")[0], eps[0], rtol=0, atol=2e-2)
+    torch.testing.assert_close(s.training_target(x0, t, eps, "v")[-1], -x0[-1], rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 2e-6), (torch.float32, 5e-4)])
+def test_eps_and_x0_inverts_the_training_target(prediction, dtype, tol):
+    """Given the true target (ε or v) of xₜ = q_sample(x₀, t, ε), eps_and_x0 returns the true ε
+    and x₀, at every t from 0 to T−1 in one mixed batch. (The v inversion uses ᾱ + (1 − ᾱ) = 1,
+    which the float32-stored √ᾱ and √(1−ᾱ) satisfy only to ~1e-7, so even float64 data gets a
+    float32-sized tolerance.)"""
+    s = NoiseSchedule.linear(1000)
+    t, x0, eps = _batch(1000, 1)
+    x0, eps = x0.to(dtype), eps.to(dtype)
+    x_t = s.q_sample(x0, t, eps)
+    target = s.training_target(x0, t, eps, prediction)
+    eps_hat, x0_hat = s.eps_and_x0(target, x_t, t, prediction)
+    assert eps_hat.dtype == x0_hat.dtype == dtype
+    torch.testing.assert_close(x0_hat, x0, rtol=0, atol=tol)
+    # ε̂ from the ε target is ε itself; from v it is √(1−ᾱ) xₜ + √ᾱ v, exact up to rounding
+    torch.testing.assert_close(eps_hat, eps, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_eps_and_x0_are_consistent_with_x_t_for_any_output(prediction):
+    """Whatever the network outputs, (ε̂, x̂₀) satisfy xₜ = √ᾱₜ x̂₀ + √(1−ᾱₜ) ε̂, and for v the
+    formulas are x̂₀ = √ᾱ xₜ − √(1−ᾱ) v̂, ε̂ = √(1−ᾱ) xₜ + √ᾱ v̂ (float64 data; the schedule's
+    float32 coefficients bound the identities at ~1e-7 relative)."""
+    s = NoiseSchedule.cosine(100)
+    gen = torch.Generator().manual_seed(2)
+    t = torch.tensor([0, 1, 17, 50, 98, 99])
+    x_t = torch.randn(6, 3, 4, 4, generator=gen, dtype=torch.float64)
+    out = torch.randn(6, 3, 4, 4, generator=gen, dtype=torch.float64) * 3
+    eps_hat, x0_hat = s.eps_and_x0(out, x_t, t, prediction)
+    a = s.sqrt_alpha_bars.double()[t].view(-1, 1, 1, 1)
+    sig = s.sqrt_one_minus_alpha_bars.double()[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(a * x0_hat + sig * eps_hat, x_t, rtol=0, atol=1e-6)
+    if prediction == "v":
+        torch.testing.assert_close(x0_hat, a * x_t - sig * out, rtol=0, atol=1e-12)
+        torch.testing.assert_close(eps_hat, sig * x_t + a * out, rtol=0, atol=1e-12)
+        # and the v it implies is the output again
+        torch.testing.assert_close(a * eps_hat - sig * x0_hat, out, rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(eps_hat, out)
+        torch.testing.assert_close(x0_hat, s.predict_x0(x_t, t, out), rtol=0, atol=0)
+
+
+def test_unknown_prediction_is_a_one_line_config_error():
+    """training_target, eps_and_x0, loss_weights (with min_snr) and check_prediction refuse an
+    unknown parameterisation with a one-line ConfigError that names it and the allowed ones."""
+    from diffusion_utils.schedule import PREDICTIONS, check_prediction
+
+    assert PREDICTIONS == ("eps", "v")
+    s = NoiseSchedule.linear(10, 1e-3, 0.2)
+    t, x0, eps = _batch(10, 3, n=2)
+    calls = [lambda: check_prediction("x0"), lambda: s.training_target(x0, t, eps, "x0"),
+             lambda: s.eps_and_x0(eps, x0, t, "x0"), lambda: s.loss_weights(t, "x0", "min_snr")]
+    for call in calls:
+        with pytest.raises(ConfigError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and "prediction" in message and "'x0'" in message and "'v'" in message
+    for ok in PREDICTIONS:
+        check_prediction(ok)  # no error
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss weights: Ho et al.'s simple loss and min-SNR (Hang et al. 2023)
+# ---------------------------------------------------------------------------------------------
+def test_loss_weights_none_are_ones():
+    """weighting="none" gives ones (B,) for either prediction."""
+    s = NoiseSchedule.linear(1000)
+    t = torch.tensor([0, 3, 500, 999])
+    for prediction in ("eps", "v"):
+        w = s.loss_weights(t, prediction, "none")
+        assert w.shape == (4,) and torch.equal(w, torch.ones(4))
+    assert torch.equal(s.loss_weights(t), torch.ones(4))  # the default
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("gamma", [1.0, 5.0, 20.0])
+def test_min_snr_weights_match_hang_et_al(kind, gamma):
+    """min-SNR weights, by hand in float64 with SNR = ᾱ/(1−ᾱ) at every t:
+    ε: min(SNR, γ)/SNR, which is exactly 1 where SNR ≤ γ and γ/SNR < 1 above;
+    v: min(SNR, γ)/(SNR + 1), always < 1."""
+    s = NoiseSchedule.linear(1000) if kind == "linear" else NoiseSchedule.cosine(1000)
+    t = torch.arange(1000)
+    ab = torch.cumprod(1 - s.betas.double(), 0)
+    snr = ab / (1 - ab)
+    w_eps = s.loss_weights(t, "eps", "min_snr", gamma).double()
+    w_v = s.loss_weights(t, "v", "min_snr", gamma).double()
+    assert w_eps.shape == w_v.shape == (1000,)
+    # float32 SNR loses digits where 1 − ᾱ is tiny (t ≈ 0), hence rtol 1e-3
+    np.testing.assert_allclose(w_eps.numpy(), (snr.clamp(max=gamma) / snr).numpy(), rtol=1e-3)
+    np.testing.assert_allclose(w_v.numpy(), (snr.clamp(max=gamma) / (snr + 1)).numpy(), rtol=1e-3)
+    low = snr <= gamma * 0.99  # clearly below γ (away from float32 ties)
+    assert low.any() and (~low).any()
+    assert bool((w_eps[low] == 1).all())
+    assert bool((w_eps[snr > gamma * 1.01] < 1).all())
+    assert bool((w_v < 1).all())
+
+
+def test_min_snr_weights_depend_on_gamma_and_on_t():
+    """A larger γ keeps more of the low-noise steps' weight: the weights are non-decreasing in γ,
+    and strictly larger at small t; with ε-prediction they rise towards 1 as t grows."""
+    s = NoiseSchedule.linear(1000)
+    t = torch.tensor([0, 10, 50, 200, 999])
+    w1 = s.loss_weights(t, "eps", "min_snr", 1.0)
+    w5 = s.loss_weights(t, "eps", "min_snr", 5.0)
+    assert bool((w5 >= w1).all()) and w5[0] > w1[0] and w5[1] > w1[1]
+    assert bool((w1[1:] >= w1[:-1]).all()) and w1[0] < 1e-3
+    v1, v5 = s.loss_weights(t, "v", "min_snr", 1.0), s.loss_weights(t, "v", "min_snr", 5.0)
+    assert v5[0] > v1[0] and not torch.equal(v1, v5)
+
+
+def test_unknown_loss_weighting_is_a_config_error():
+    """An unknown weighting is a one-line ConfigError naming loss_weighting and the allowed ones."""
+    from diffusion_utils.schedule import LOSS_WEIGHTINGS
+
+    assert LOSS_WEIGHTINGS == ("none", "min_snr")
+    s = NoiseSchedule.linear(10, 1e-3, 0.2)
+    with pytest.raises(ConfigError) as info:
+        s.loss_weights(torch.tensor([0, 5]), "eps", "p2")
+    message = str(info.value)
+    assert "\n" not in message and "loss_weighting" in message and "'p2'" in message and "min_snr" in message

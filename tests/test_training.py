@@ -6,8 +6,10 @@ dropout 0.1 (so the global RNG, which dropout draws from, must be restored on re
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -17,7 +19,10 @@ from PIL import Image
 
 import diffusion_utils.training as training
 from diffusion_utils import (CHECKPOINT_NAME, CheckpointError, ConfigError, TrainingDiverged,
-                             load_checkpoint, load_dataset, train)
+                             load_checkpoint, load_dataset, load_model, make_ema, save_checkpoint, train)
+from diffusion_utils.checkpoint import check_compatible
+from diffusion_utils.loss import diffusion_loss
+from diffusion_utils.training import TrainState, ema_decay_at, train_step
 
 from conftest import tiny_config
 
@@ -179,3 +184,223 @@ def test_resume_errors(tmp_path, checkpoint_copy, dataset):
               progress=False)
     with pytest.raises(ConfigError, match="img_size"):
         train(config(), tmp_path, dataset=load_dataset("synthetic", 8, max_images=4), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The power-function EMA (Karras et al. 2024)
+# ---------------------------------------------------------------------------------------------
+def test_ema_decay_at_follows_the_power_law_and_is_capped():
+    """d(n) = min(max_decay, (1 − 1/(n+1))^(γ+1)): 0 for the first update (a copy), the power
+    law below the cap, exactly max_decay above it; non-decreasing in n, smaller for larger γ."""
+    gamma, cap = 6.94, 0.9995
+    assert ema_decay_at(0, cap, gamma) == 0.0
+    for n in (1, 2, 10, 100, 1000):
+        expected = (n / (n + 1)) ** (gamma + 1)
+        assert expected < cap
+        assert ema_decay_at(n, cap, gamma) == pytest.approx(expected, rel=1e-12)
+    assert ema_decay_at(1, cap, gamma) == pytest.approx(0.5 ** 7.94, rel=1e-12)
+    # the cap: (n/(n+1))^7.94 reaches 0.9995 near n = 7.94/0.0005 ≈ 15 880
+    assert ema_decay_at(15_000, cap, gamma) < cap
+    assert ema_decay_at(17_000, cap, gamma) == cap and ema_decay_at(10 ** 7, cap, gamma) == cap
+    decays = [ema_decay_at(n, cap, gamma) for n in range(0, 20_000, 37)]
+    assert all(a <= b for a, b in zip(decays, decays[1:]))
+    assert all(a < b for a, b in zip(decays, decays[1:]) if b < cap)
+    assert ema_decay_at(50, cap, 16.0) < ema_decay_at(50, cap, gamma) < ema_decay_at(50, cap, 1.0)
+
+
+class Scalars(torch.nn.Module):
+    """A 'model' whose only parameter is a float64 vector we set by hand."""
+
+    def __init__(self, n: int = 4):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
+
+    def set(self, value: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.w.copy_(value)
+
+
+def run_ema(values: torch.Tensor, max_decay: float, gamma: float) -> torch.Tensor:
+    """make_ema over a model whose weights take ``values[0]``, ``values[1]``, … before each update."""
+    model = Scalars(values.shape[1])
+    ema = make_ema(model, max_decay, gamma)
+    for value in values:
+        model.set(value)
+        ema.update_parameters(model)
+    assert int(ema.n_averaged) == len(values)
+    return ema.module.w.detach().clone()
+
+
+def test_make_ema_with_gamma_0_is_the_running_mean():
+    """With γ = 0 the decay is n/(n+1), so (below the cap) the EMA of k updates is exactly the
+    arithmetic mean of the k weight vectors; with a cap of 0.5 it is the hand recursion
+    e ← 0.5 e + 0.5 θ after the first copy."""
+    values = torch.randn(25, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for k in (1, 2, 7, 25):
+        torch.testing.assert_close(run_ema(values[:k], 0.999, 0.0), values[:k].mean(0), rtol=0, atol=1e-12)
+    e = values[0].clone()
+    for value in values[1:10]:
+        e = 0.5 * e + 0.5 * value
+    torch.testing.assert_close(run_ema(values[:10], 0.5, 0.0), e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_decay, gamma", [(0.9995, 6.94), (0.9, 3.0), (0.3, 6.94)])
+def test_make_ema_matches_the_hand_recursion(max_decay, gamma):
+    """After k updates: e₁ = θ₁, eₙ₊₁ = d eₙ + (1 − d) θₙ₊₁ with d = min(max_decay, (n/(n+1))^(γ+1))."""
+    values = torch.randn(40, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    e = values[0].clone()
+    for n, value in enumerate(values[1:], start=1):
+        d = min(max_decay, (n / (n + 1)) ** (gamma + 1))
+        e = d * e + (1 - d) * value
+    torch.testing.assert_close(run_ema(values, max_decay, gamma), e, rtol=0, atol=1e-12)
+
+
+def test_a_short_run_ema_follows_the_weights_where_a_fixed_decay_lags():
+    """300 updates of weights drifting linearly from θ₀ to θ₀ + Δ: the power EMA (γ = 6.94) sits
+    about 300/(γ + 2) ≈ 34 steps behind the final weights (it averages the run's recent tail),
+    while a fixed 0.9995 EMA (first update a copy, as AveragedModel does) is still mostly θ₁."""
+    steps = 300
+    gen = torch.Generator().manual_seed(2)
+    start, delta = torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)
+    values = torch.stack([start + delta * k / steps for k in range(1, steps + 1)])
+    power = run_ema(values, 0.9995, 6.94)
+    fixed = values[0].clone()
+    for value in values[1:]:
+        fixed = 0.9995 * fixed + 0.0005 * value
+    lag_power = ((values[-1] - power) / delta * steps).mean().item()  # in steps
+    lag_fixed = ((values[-1] - fixed) / delta * steps).mean().item()
+    assert 20 < lag_power < 50, lag_power
+    assert lag_fixed > 250, lag_fixed
+    assert (values[-1] - power).norm() < 0.2 * (values[-1] - fixed).norm()
+
+
+# ---------------------------------------------------------------------------------------------
+# TrainState and train_step
+# ---------------------------------------------------------------------------------------------
+def test_train_step_uses_the_configs_prediction_and_loss_weighting(dataset):
+    """train_step's loss is diffusion_loss with the config's loss_weighting and snr_gamma on a
+    model whose prediction is the config's, drawing t and ε from the state's noise generator."""
+    cfg = config(prediction="v", loss_weighting="min_snr", snr_gamma=2.0, dropout=0.0)
+    state = TrainState(cfg, torch.device("cpu"))
+    assert state.model.prediction == "v" and state.ema.module.prediction == "v"
+    x0 = dataset.images[:16]
+    model_before = copy.deepcopy(state.model)
+    noise_state = state.noise_rng.get_state()
+    loss = train_step(state, x0)
+    for weighting, gamma, should_match in (("min_snr", 2.0, True), ("min_snr", 5.0, False), ("none", 5.0, False)):
+        rng = torch.Generator()
+        rng.set_state(noise_state)
+        expected = diffusion_loss(model_before, state.schedule, x0, generator=rng, loss_weighting=weighting,
+                                  snr_gamma=gamma).item()
+        assert (loss == pytest.approx(expected, rel=1e-6)) == should_match, (weighting, gamma, loss, expected)
+    assert state.step == 1 and state.losses == [loss]
+
+
+def test_train_state_round_trip_continues_bit_exactly(dataset, tmp_path):
+    """state_dict → save_checkpoint → load_checkpoint → load_state_dict into a fresh TrainState:
+    the next train_step gives the identical loss, weights, EMA and optimiser state (dropout on,
+    so the global RNG is part of the state)."""
+    cfg = config(prediction="v", loss_weighting="min_snr", ema_gamma=3.0)
+    x0 = dataset.images[:16]
+    a = TrainState(cfg, torch.device("cpu"))
+    for batch in (dataset.images[16:32], dataset.images[32:48]):
+        train_step(a, batch)
+    path = save_checkpoint(tmp_path / "ck.pth", a.state_dict(a.data_rng.get_state()))
+    loss_a = train_step(a, x0)
+    b = TrainState(cfg, torch.device("cpu"))
+    b.load_state_dict(load_checkpoint(path))
+    assert (b.step, b.losses) == (2, a.losses[:2])
+    loss_b = train_step(b, x0)
+    assert loss_b == loss_a
+    assert b.losses == a.losses and b.step == a.step == 3
+    assert_same_weights(b.model, a.model)
+    assert_same_weights(b.ema, a.ema)
+    assert torch.equal(b.noise_rng.get_state(), a.noise_rng.get_state())
+    # a fresh state (no load) would not have continued the same way
+    c = TrainState(cfg, torch.device("cpu"))
+    assert train_step(c, x0) != loss_a
+
+
+def test_train_state_ema_uses_the_configs_gamma_and_decay(dataset):
+    """After each train_step the EMA is the power-EMA recursion over the model's weights, with
+    the config's ema_decay as the cap and its ema_gamma as γ."""
+    cfg = config(ema_decay=0.6, ema_gamma=2.0)
+    state = TrainState(cfg, torch.device("cpu"))
+    hand = None
+    for n in range(4):
+        train_step(state, dataset.images[16 * n:16 * (n + 1)])
+        weights = {k: v.detach().double().clone() for k, v in state.model.named_parameters()}
+        if hand is None:
+            hand = weights
+        else:
+            d = min(0.6, (n / (n + 1)) ** 3.0)
+            hand = {k: d * hand[k] + (1 - d) * weights[k] for k in hand}
+    assert 0 < min(0.6, (1 / 2) ** 3.0) < min(0.6, (3 / 4) ** 3.0) == 0.421875  # the cap is not hit
+    for name, p in state.ema.module.named_parameters():
+        torch.testing.assert_close(p.detach().double(), hand[name], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and the prediction field
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def v_run(tmp_path_factory):
+    """One epoch of one step with prediction="v" and min-SNR weighting (16 images)."""
+    out = tmp_path_factory.mktemp("v_run")
+    data = load_dataset("synthetic", 16, max_images=16, seed=0)
+    cfg = config(prediction="v", loss_weighting="min_snr", snr_gamma=3.0, max_images=16, num_epochs=1)
+    return train(cfg, out, dataset=data, progress=False), data
+
+
+def test_load_model_of_a_v_checkpoint_is_a_v_model(v_run):
+    """load_model gives back a UNet with prediction "v" and the config's loss settings, holding
+    the run's EMA weights."""
+    result, _ = v_run
+    model, schedule, cfg = load_model(result.checkpoint_path)
+    assert model.prediction == "v" and cfg.prediction == "v"
+    assert (cfg.loss_weighting, cfg.snr_gamma) == ("min_snr", 3.0)
+    assert_same_weights(model, result.ema_model)
+    raw, _, _ = load_model(result.checkpoint_path, use_ema=False)
+    assert raw.prediction == "v"
+
+
+def test_resuming_a_v_checkpoint_as_eps_is_refused(v_run, tmp_path):
+    """A checkpoint trained with prediction="v" refuses --resume with prediction="eps": a
+    one-line CheckpointError naming the field and both values; with "v" it resumes."""
+    result, data = v_run
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy2(result.checkpoint_path, out / CHECKPOINT_NAME)  # the fixture's run stays as it was
+    with pytest.raises(CheckpointError) as info:
+        train(config(loss_weighting="min_snr", snr_gamma=3.0, max_images=16, num_epochs=2), out, dataset=data,
+              resume=True, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "prediction='v'" in message and "prediction='eps'" in message
+    saved = load_checkpoint(result.checkpoint_path)["config"]
+    with pytest.raises(CheckpointError, match="prediction"):
+        check_compatible(saved, saved.replace(prediction="eps"), "ck")
+    # the loss weighting and the EMA's γ are training settings: changing them is allowed
+    check_compatible(saved, saved.replace(loss_weighting="none", snr_gamma=1.0, ema_gamma=10.0), "ck")
+    resumed = train(saved.replace(num_epochs=2), out, dataset=data, resume=True, progress=False)
+    assert len(resumed.losses) == 2 and resumed.losses[0] == result.losses[0]
+
+
+def test_a_checkpoint_from_before_prediction_existed_loads_as_eps(checkpoint_copy):
+    """A checkpoint whose config has none of prediction, loss_weighting, snr_gamma, ema_gamma
+    loads as an ε model with the simple loss (what it was trained with) and resumes."""
+    state = torch.load(checkpoint_copy, weights_only=True)
+    new_fields = ("prediction", "loss_weighting", "snr_gamma", "ema_gamma")
+    state["config"] = {k: v for k, v in state["config"].items() if k not in new_fields}
+    torch.save(state, checkpoint_copy)
+    cfg = load_checkpoint(checkpoint_copy)["config"]
+    assert (cfg.prediction, cfg.loss_weighting, cfg.snr_gamma, cfg.ema_gamma) == ("eps", "none", 5.0, 6.94)
+    model, _, _ = load_model(checkpoint_copy)
+    assert model.prediction == "eps"
+    # the shared run: 32 images, batch 16, 2 epochs → resume into a third epoch
+    data = load_dataset("synthetic", 16, max_images=32, seed=0)
+    resumed = train(config(max_images=32, num_epochs=3), checkpoint_copy.parent, dataset=data, resume=True,
+                    progress=False)
+    assert len(resumed.losses) == 6 and resumed.losses[:4] == state["losses"].tolist()
+    with pytest.raises(CheckpointError, match="prediction"):
+        train(config(max_images=32, num_epochs=4, prediction="v"), checkpoint_copy.parent, dataset=data,
+              resume=True, progress=False)
