@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_sample.py --preset quick --device cpu
     python benchmarks/bench_train_sample.py --preset full --device cuda --train-steps 50
+    python benchmarks/bench_train_sample.py --preset quick --device cpu --variants fp32,bf16,compile
 
 Training: ``--train-steps`` optimiser steps of the preset's UNet on random images at the preset's
 size and batch (data loading is excluded: the dataset is an in-memory tensor, so it costs nothing
@@ -18,6 +19,7 @@ import time
 import torch
 
 from diffusion_utils import NoiseSchedule, TrainConfig, UNet, count_parameters, resolve_device, sample
+from diffusion_utils.training import TrainState, train_step
 from diffusion_utils.config import bf16_available
 
 
@@ -28,31 +30,27 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def bench_training(config: TrainConfig, device: torch.device, steps: int, warmup: int) -> float:
-    """Images per second through forward + backward + AdamW step (+ EMA-free: EMA costs ~1%)."""
-    torch.manual_seed(0)
-    model = UNet.from_config(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    schedule = NoiseSchedule.from_config(config).to(device)
+def bench_training(config: TrainConfig, device: torch.device, steps: int, warmup: int,
+                   variant: str = "default") -> float:
+    """Images per second through the package's own training step (:func:`train_step`: the loss of
+    Algorithm 1, backward, clipping, AdamW and the EMA update) on random in-memory images.
+
+    ``variant``: ``"default"`` (what ``train`` does on this device), ``"fp32"``, ``"bf16"``
+    (bfloat16 autocast forced on, whatever the device) or ``"compile"`` (``torch.compile``d UNet;
+    its compile time falls in the untimed warm-up steps).
+    """
+    state = TrainState(config.replace(device=str(device)), device)
+    if variant in ("fp32", "bf16"):
+        state.autocast_dtype = torch.bfloat16 if variant == "bf16" else None
+    elif variant == "compile":
+        state.model = torch.compile(state.model)
     x0 = torch.rand(config.batch_size, 3, config.img_size, config.img_size, device=device) * 2 - 1
-    use_bf16 = config.bf16 and bf16_available(device)
-
-    def step():
-        t = torch.randint(0, schedule.n_steps, (len(x0),), device=device)
-        eps = torch.randn_like(x0)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = torch.nn.functional.mse_loss(model(schedule.q_sample(x0, t, eps), t).float(), eps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-
     for _ in range(warmup):
-        step()
+        train_step(state, x0)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        train_step(state, x0)
     synchronize(device)
     return steps * config.batch_size / (time.perf_counter() - start)
 
@@ -78,6 +76,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--variants", default="default",
+                        help="also time these training variants first: fp32, bf16, compile (comma-separated)")
     parser.add_argument("--sample-n", type=int, default=16)
     parser.add_argument("--sample-calls", type=int, default=20)
     args = parser.parse_args()
@@ -90,6 +90,10 @@ def main() -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"bf16 autocast: {config.bf16 and bf16_available(device)}")
 
+    for variant in args.variants.split(","):
+        if variant != "default":
+            rate = bench_training(config, device, args.train_steps, args.warmup, variant)
+            print(f"training, {variant}: {rate:.1f} images/s")
     images_per_s = bench_training(config, device, args.train_steps, args.warmup)
     steps_per_epoch_full = 8189 // config.batch_size
     n_images = config.max_images or 8189

@@ -159,7 +159,7 @@ def run_train(args) -> int:
     # Load the data before announcing the run, so that bad --data prints only its error line.
     dataset = load_dataset(config.data, config.img_size, root=config.data_root, max_images=config.max_images,
                            seed=config.seed, progress=not args.no_progress)
-    print(f"Training on {device} with {_describe(config)} → {out}/", file=sys.stderr)
+    print(f"Training on {device} with {_describe(config, len(dataset))} → {out}/", file=sys.stderr)
     result = train(config, out, dataset=dataset, resume=args.resume, progress=not args.no_progress)
     rate = result.images_seen / max(result.seconds, 1e-9)
     print(f"Done: {len(result.losses)} steps in {result.seconds:.0f} s ({rate:.0f} images/s); "
@@ -261,8 +261,8 @@ def train_command(config: TrainConfig) -> str | None:
     return shlex.join(best) if best else None
 
 
-def _describe(config: TrainConfig) -> str:
-    data = config.data + (f" ({config.max_images} images)" if config.max_images else "")
+def _describe(config: TrainConfig, n_images: int) -> str:
+    data = f"{config.data} ({n_images} images)"
     return (f"{data} at {config.img_size}px, {config.num_epochs} epochs, batch {config.batch_size}, "
             f"base {config.base_channels} channels")
 
