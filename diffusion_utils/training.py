@@ -24,10 +24,10 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, save_checkpoint
 from .config import TrainConfig, bf16_available, resolve_device
 from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .loss import diffusion_loss
 from .model import UNet
 from .sampling import sample, to_uint8
