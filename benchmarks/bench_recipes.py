@@ -43,6 +43,8 @@ RECIPES: dict[str, dict] = {
     "v + min-SNR": dict(prediction="v", loss_weighting="min_snr"),
     "cosine": dict(schedule="cosine"),
     "batch 32": dict(batch_size=32),
+    "batch 16": dict(batch_size=16),
+    "batch 16 + lr 2e-3": dict(batch_size=16, lr=2e-3),
     "lr 2e-3": dict(lr=2e-3),
     "wider (48 ch)": dict(base_channels=48),
 }
