@@ -23,10 +23,11 @@ from .schedule import NoiseSchedule
 CHECKPOINT_NAME = "diffusion_unet_pixels.pth"  # the original project's file name
 FORMAT = "diffusion_utils/1"
 # Fields that fix the network's shape or the meaning of its input t and of its output: a
-# checkpoint is useless without them. (A checkpoint saved before ``prediction`` existed has none
-# and loads as "eps", which is what it was trained with.)
+# checkpoint is useless without them. (A checkpoint saved before ``prediction`` or
+# ``num_classes`` existed has neither and loads as "eps" and 0 — what it was trained with.)
 ARCHITECTURE_FIELDS = ("img_size", "n_steps", "schedule", "beta_start", "beta_end", "base_channels",
-                       "channel_mults", "num_res_blocks", "attention_levels", "time_emb_dim", "prediction")
+                       "channel_mults", "num_res_blocks", "attention_levels", "time_emb_dim", "prediction",
+                       "num_classes")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
@@ -65,9 +66,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def check_compatible(saved: TrainConfig, wanted: TrainConfig, path) -> None:
-    """Raise :class:`CheckpointError` if ``wanted`` describes a different network or schedule."""
+def check_compatible(saved: TrainConfig, wanted: TrainConfig, path, ignore: tuple[str, ...] = ()) -> None:
+    """Raise :class:`CheckpointError` if ``wanted`` describes a different network or schedule
+    (fields named in ``ignore`` may differ)."""
     for name in ARCHITECTURE_FIELDS:
+        if name in ignore:
+            continue
         a, b = getattr(saved, name), getattr(wanted, name)
         if a != b:
             raise CheckpointError(f"checkpoint {path} was trained with {name}={a!r} but the config asks "

@@ -27,6 +27,7 @@ from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load
 from .config import PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
 from .errors import DiffusionError
+from .guidance import class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
 from .sampling import sample
 from .training import train
@@ -83,6 +84,7 @@ TRAIN_OVERRIDES = {
     "snr_gamma": ("snr_gamma", float, "gamma of min_snr weighting (default 5)"),
     "ema_decay": ("ema_decay", float, "largest EMA decay"),
     "ema_gamma": ("ema_gamma", float, "power-function EMA exponent: larger averages a shorter tail"),
+    "p_uncond": ("p_uncond", float, "with labels: how often a label is dropped for guidance (default 0.1)"),
     "base_channels": ("base_channels", _positive_int, "UNet channels at full resolution"),
     "sample_every": ("sample_every", _positive_int, "save a sample grid every N epochs"),
     "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp"),
@@ -104,8 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     for flag, (_, kind, text) in TRAIN_OVERRIDES.items():
         tr.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=text)
+    tr.add_argument("--no-labels", action="store_true",
+                    help="train unconditionally even when the data has labels (default: a class-"
+                         "conditional model when it has them, e.g. Flowers102's 102 species)")
     tr.add_argument("--resume", action="store_true",
                     help="continue from OUT/diffusion_unet_pixels.pth with its saved settings")
+    tr.add_argument("--init-from", metavar="CHECKPOINT", default=None,
+                    help="start a new run from this checkpoint's EMA weights (e.g. fine-tune an "
+                         "unconditional model into a class-conditional one)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in OUT")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -122,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--steps", type=_positive_int, default=None,
                     help="network calls per image for ddim/dpmpp (default: the model's config)")
     sa.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic … 1 DDPM-like")
+    sa.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME_OR_ID",
+                    help="sample this class (a name such as 'sunflower', or an id) from a class-"
+                         "conditional model; repeat it or separate by commas to cycle through several")
+    sa.add_argument("--guidance", type=float, default=None, metavar="W",
+                    help="classifier-free guidance scale w: 0 unconditional, 1 conditional (default), "
+                         ">1 stronger; needs --class")
     sa.add_argument("--out", default=None,
                     help="output folder (default: the checkpoint's folder; outputs with --pretrained)")
     sa.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps")
@@ -143,7 +157,11 @@ def run_train(args) -> int:
     out = Path(args.out)
     overrides = {field: getattr(args, flag) for flag, (field, _, _) in TRAIN_OVERRIDES.items()
                  if getattr(args, flag) is not None}
+    if args.no_labels:
+        overrides["num_classes"] = 0
     ckpt = out / CHECKPOINT_NAME
+    if args.resume and args.init_from:
+        raise DiffusionError("--resume continues a run and --init-from starts a new one; pass only one")
     if args.resume:
         # The checkpoint's own settings, changed only where a flag was given (e.g. --epochs).
         saved = load_checkpoint(ckpt)["config"]
@@ -159,8 +177,11 @@ def run_train(args) -> int:
     # Load the data before announcing the run, so that bad --data prints only its error line.
     dataset = load_dataset(config.data, config.img_size, root=config.data_root, max_images=config.max_images,
                            seed=config.seed, progress=not args.no_progress)
-    print(f"Training on {device} with {_describe(config, len(dataset))} → {out}/", file=sys.stderr)
-    result = train(config, out, dataset=dataset, resume=args.resume, progress=not args.no_progress)
+    if args.init_from:
+        load_checkpoint(args.init_from)  # a one-line error for a bad file before the run starts
+    print(f"Training on {device} with {_describe(config, dataset)} → {out}/", file=sys.stderr)
+    result = train(config, out, dataset=dataset, resume=args.resume, init_from=args.init_from,
+                   progress=not args.no_progress)
     rate = result.images_seen / max(result.seconds, 1e-9)
     print(f"Done: {len(result.losses)} steps in {result.seconds:.0f} s ({rate:.0f} images/s); "
           f"final loss {sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}.\n"
@@ -195,12 +216,17 @@ def run_sample(args) -> int:
         out = Path(args.out)
     else:  # never the package's own folder for shipped weights
         out = Path("outputs") if args.pretrained is not None else Path(args.checkpoint).parent
-    print(f"Sampling {args.n} images with {sampler} ({steps} steps) on {device} …", file=sys.stderr)
+    classes = _cycle_classes(args.classes, args.n, model)
+    if args.guidance is not None and classes is None:
+        raise DiffusionError("--guidance needs --class: say which class to guide towards")
+    what = f", class {', '.join(args.classes)}, guidance {args.guidance or 1.0:g}" if classes is not None else ""
+    print(f"Sampling {args.n} images with {sampler} ({steps} steps{what}) on {device} …", file=sys.stderr)
     start = time.perf_counter()
     images, trajectory = sample(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
                                 generator=torch.Generator().manual_seed(args.seed), bf16=config.bf16,
                                 return_trajectory=True, trajectory_frames=args.frames,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, classes=classes,
+                                guidance_scale=args.guidance)
     seconds = time.perf_counter() - start
     grid = save_grid(images, out / "samples_grid.png")
     gif = save_animation(trajectory, out / "diffusion_animation.gif", n_frames=args.frames)
@@ -208,6 +234,15 @@ def run_sample(args) -> int:
                             title=f"{config.img_size}×{config.img_size}, {sampler}, {steps} steps, seed {args.seed}")
     print(f"Done in {seconds:.1f} s ({seconds / args.n:.2f} s/image). Wrote {grid}, {gif}, {big}.")
     return 0
+
+
+def _cycle_classes(given: list[str] | None, n: int, model) -> torch.Tensor | None:
+    """The ``--class`` values (repeated flags or comma lists) as n ids, cycling through them."""
+    if not given:
+        return None
+    names = [part.strip() for item in given for part in item.split(",") if part.strip()]
+    ids = class_ids(names, model, len(names))
+    return ids.repeat((n + len(ids) - 1) // len(ids))[:n]
 
 
 def run_export(args) -> int:
@@ -250,8 +285,11 @@ def train_command(config: TrainConfig) -> str | None:
         words = ["python", "-m", "diffusion_utils", "train", "--preset", preset]
         for field in dataclasses.fields(TrainConfig):
             value = getattr(config, field.name)
-            if field.name == "data_root" or value == getattr(base, field.name):
+            if field.name == "num_classes" and value == 0:  # an unconditional run
+                words.append("--no-labels")
                 continue
+            if field.name in ("data_root", "class_names", "num_classes") or value == getattr(base, field.name):
+                continue  # a machine path; what the data says
             if field.name not in flag_of or value is None:
                 break
             words += ["--" + flag_of[field.name].replace("_", "-"), str(value)]
@@ -261,8 +299,10 @@ def train_command(config: TrainConfig) -> str | None:
     return shlex.join(best) if best else None
 
 
-def _describe(config: TrainConfig, n_images: int) -> str:
-    data = f"{config.data} ({n_images} images)"
+def _describe(config: TrainConfig, dataset) -> str:
+    labels = ("; unconditional" if config.num_classes == 0 or not dataset.num_classes
+              else f", {dataset.num_classes} classes (class-conditional; --no-labels to turn off)")
+    data = f"{config.data} ({len(dataset)} images{labels})"
     return (f"{data} at {config.img_size}px, {config.num_epochs} epochs, batch {config.batch_size}, "
             f"base {config.base_channels} channels")
 

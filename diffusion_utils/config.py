@@ -55,6 +55,15 @@ class TrainConfig:
     loss_weighting: str = "none"  # "none" (Ho et al.'s simple loss) or "min_snr" (Hang et al. 2023)
     snr_gamma: float = 5.0  # γ of min-SNR weighting (Hang et al.'s default)
 
+    # --- class conditioning (Ho & Salimans 2022, classifier-free guidance) ------------------
+    # None: from the data — its number of classes when it has labels (Flowers102: 102 species),
+    # else 0. 0: an unconditional model (the original design). A class embedding is added to the
+    # time embedding; training replaces the label by a "no class" token with probability
+    # p_uncond, so the same network also learns the unconditional model guidance needs.
+    num_classes: int | None = None
+    p_uncond: float = 0.1
+    class_names: tuple[str, ...] = ()  # one per class, filled from the data (for --class NAME)
+
     # --- UNet ----------------------------------------------------------------------------
     base_channels: int = 64  # channels at full resolution
     channel_mults: tuple[int, ...] = (1, 2, 2, 2)  # one entry per resolution level
@@ -89,6 +98,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attention_levels = tuple(int(level) for level in self.attention_levels)
+        self.class_names = tuple(str(name) for name in self.class_names)
         self.validate()
 
     # ------------------------------------------------------------------------------------
@@ -131,6 +141,11 @@ class TrainConfig:
         need(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
         need(self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting", f"one of {LOSS_WEIGHTINGS}")
         need(self.snr_gamma > 0, "snr_gamma", "a positive number")
+        need(self.num_classes is None or (isinstance(self.num_classes, int) and self.num_classes >= 0),
+             "num_classes", "None (from the data) or an integer >= 0")
+        need(0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
+        need(not self.class_names or len(self.class_names) == self.num_classes, "class_names",
+             f"empty or one name per class (num_classes={self.num_classes})")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
         need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
@@ -159,12 +174,18 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["channel_mults"] = list(self.channel_mults)
         out["attention_levels"] = list(self.attention_levels)
+        out["class_names"] = list(self.class_names)
         return out
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config a checkpoint saved with :meth:`to_dict`; unknown keys are ignored.
+
+        A config saved before class conditioning existed has no ``num_classes``: it describes an
+        unconditional model, so it reads as 0 (not None, which would mean "from the data").
+        """
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{"num_classes": 0, **{k: v for k, v in values.items() if k in known}})
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":

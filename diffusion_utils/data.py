@@ -5,6 +5,10 @@ it to a square and resizing it (antialiased) happens **once**; the result is cac
 file, so later runs start in seconds and no training epoch ever decodes an image. The only
 per-epoch augmentation is a random horizontal flip, applied on the fly to whole batches.
 
+Labels come with the images when the source has them: Flowers102's official species labels
+(``imagelabels.mat``, 102 classes named in ``flowers102_classes.txt``), an image folder's
+subfolder names (torchvision's ImageFolder convention), or the petal colour of a synthetic flower.
+
 Where the cache goes: ``cache_dir`` if given, else ``$DIFFUSION_CACHE_DIR``, else next to the data
 when that folder is writable, else ``~/.cache/diffusion_utils``.
 """
@@ -42,17 +46,44 @@ FLOWERS102_SIZE = 8189
 SYNTHETIC_DEFAULT_N = 2048
 
 
+def flowers102_class_names() -> list[str]:
+    """The 102 species names of Flowers102, in label order (label 0 is "pink primrose").
+
+    The list the Oxford VGG group's category page gives, as collected with the caffe-oxford102
+    models; shipped as ``flowers102_classes.txt`` in the package.
+    """
+    text = (Path(__file__).parent / "flowers102_classes.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Images held in memory as uint8 (N, 3, H, W); items are float (3, H, W) in [-1, 1].
 
     ``images`` is the raw tensor (what training batches from); ``source`` says where it came from.
+    ``labels`` (int64 (N,), values in [0, num_classes)) and ``class_names`` (one per class) are
+    present when the source has labels, else None and ``num_classes`` is 0.
     """
 
-    def __init__(self, images: torch.Tensor, source: str):
+    def __init__(self, images: torch.Tensor, source: str, labels: torch.Tensor | None = None,
+                 class_names: list[str] | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
+        if (labels is None) != (class_names is None):
+            raise ValueError("labels and class_names come together (both or neither)")
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            if labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= len(class_names):
+                raise ValueError(f"labels must be int64 ({len(images)},) in [0, {len(class_names)}); "
+                                 f"got shape {tuple(labels.shape)}")
         self.images = images
         self.source = source
+        self.labels = labels
+        self.class_names = list(class_names) if class_names is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the labels name (0 when there are no labels)."""
+        return len(self.class_names) if self.class_names is not None else 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,7 +96,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images.shape[-1]
 
     def __repr__(self) -> str:
-        return f"ImageDataset({len(self)} images of {self.img_size}×{self.img_size} from {self.source})"
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return f"ImageDataset({len(self)} images of {self.img_size}×{self.img_size}{classes} from {self.source})"
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -93,22 +125,25 @@ def load_dataset(source: str, img_size: int = 64, *, root: str | os.PathLike | N
         cache_dir: where the decoded tensor is cached (see the module docstring).
     """
     if source == "flowers102":
-        images, where = _load_flowers102(Path(root) if root else DEFAULT_HOME / "datasets",
-                                         img_size, download, cache_dir, progress)
+        images, labels, where = _load_flowers102(Path(root) if root else DEFAULT_HOME / "datasets",
+                                                 img_size, download, cache_dir, progress)
+        names = flowers102_class_names()
     elif source == "synthetic":
         n = max_images or SYNTHETIC_DEFAULT_N
-        return ImageDataset(make_synthetic_flowers(n, img_size, seed=seed), f"synthetic flowers (seed {seed})")
+        images, labels = make_synthetic_flowers(n, img_size, seed=seed, return_labels=True)
+        return ImageDataset(images, f"synthetic flowers (seed {seed})", labels, list(SYNTHETIC_CLASS_NAMES))
     elif _looks_like_path(source):
         folder = Path(source).expanduser()
-        images = _load_folder(folder, img_size, cache_dir, progress)
+        images, labels, names = _load_folder(folder, img_size, cache_dir, progress)
         where = str(folder)
     else:
         raise DataError(f"unknown dataset {source!r}: use 'flowers102', 'synthetic' or a path to a "
                         f"folder of images")
     if max_images is not None and max_images < len(images):
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
-        images = images[keep.sort().values]
-    return ImageDataset(images, where)
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        images = images[keep]
+        labels = labels[keep] if labels is not None else None
+    return ImageDataset(images, where, labels, names if labels is not None else None)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -167,44 +202,52 @@ def cache_path_for(data_dir: Path, img_size: int, cache_dir=None, kind: str = "f
 
 
 def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, kind: str,
-                   decode) -> torch.Tensor:
-    """Return the cached tensor if its fingerprint matches ``files``, else decode and cache."""
+                   decode) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the cached (images, kept) if its fingerprint matches ``files``, else decode and cache.
+
+    ``decode(files)`` returns uint8 images (M, 3, H, W) and ``kept``, int64 (M,): the index of the
+    item each image came from (unreadable items are skipped), so labels can follow the images.
+    """
     path = cache_path_for(data_dir, img_size, cache_dir, kind)
     fingerprint = _fingerprint(files)
     if path.exists():
         try:
             cached = torch.load(path, weights_only=True)
-            if cached.get("fingerprint") == fingerprint:
-                return cached["images"]
+            if cached.get("fingerprint") == fingerprint and "kept" in cached:
+                return cached["images"], cached["kept"]
         except Exception:  # a truncated or foreign file: rebuild it
             pass
-    images = decode(files)
+    images, kept = decode(files)
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": images, "fingerprint": fingerprint, "img_size": img_size}, tmp)
+        torch.save({"images": images, "kept": kept, "fingerprint": fingerprint, "img_size": img_size}, tmp)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the image cache {path} ({err}); images will be decoded again next time")
-    return images
+    return images, kept
 
 
-def _decode_files(files: list[Path], img_size: int, progress: bool, what: str) -> torch.Tensor:
-    """Decode, crop and resize each file; unreadable files are skipped with one warning."""
+def _decode_files(files: list[Path], img_size: int, progress: bool, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode, crop and resize each file; unreadable files are skipped with one warning.
+
+    Returns the images and the indices (into ``files``) of those that loaded.
+    """
     transform = _transform(img_size)
-    out, bad = [], []
-    for f in tqdm(files, desc=f"decoding {what} at {img_size}px (once; cached)", disable=not progress):
+    out, kept, bad = [], [], []
+    for i, f in enumerate(tqdm(files, desc=f"decoding {what} at {img_size}px (once; cached)", disable=not progress)):
         try:
             with Image.open(f) as im:
                 out.append(transform(im.convert("RGB")))
+            kept.append(i)
         except (UnidentifiedImageError, OSError, SyntaxError):
             bad.append(f.name)
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {what}, e.g. {bad[0]}")
     if not out:
         raise DataError(f"none of the {len(files)} files in {what} could be read as an image")
-    return torch.stack(out)
+    return torch.stack(out), torch.tensor(kept, dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +259,25 @@ def list_images(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMG_EXTENSIONS and p.is_file() and not p.name.startswith("."))
 
 
-def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool) -> torch.Tensor:
+def folder_classes(folder: Path, files: list[Path]) -> tuple[torch.Tensor, list[str]] | None:
+    """Labels by subfolder (torchvision's ImageFolder convention), or None.
+
+    When every image sits below a first-level subfolder of ``folder`` and there are at least two
+    such subfolders, each subfolder is a class (sorted names → labels 0, 1, …); otherwise the
+    folder has no labels. Returns (labels int64 (len(files),), class names).
+    """
+    parts = [f.relative_to(folder).parts for f in files]
+    if any(len(p) < 2 for p in parts):
+        return None
+    names = sorted({p[0] for p in parts})
+    if len(names) < 2:
+        return None
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[p[0]] for p in parts], dtype=torch.long), names
+
+
+def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool):
+    """(images, labels or None, class names or None) of a folder of images."""
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; pass --data with a folder of images, "
                         f"'flowers102' or 'synthetic'")
@@ -224,8 +285,13 @@ def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool) -> torc
     if not files:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, …) found in {folder}; "
                         f"pass --data with a folder of images, 'flowers102' or 'synthetic'")
-    return _cached_decode(folder, files, img_size, cache_dir, "folder",
-                          lambda fs: _decode_files(fs, img_size, progress, str(folder)))
+    images, kept = _cached_decode(folder, files, img_size, cache_dir, "folder",
+                                  lambda fs: _decode_files(fs, img_size, progress, str(folder)))
+    classes = folder_classes(folder, files)
+    if classes is None:
+        return images, None, None
+    labels, names = classes
+    return images, labels[kept], names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,23 +343,29 @@ def _load_flowers102(root: Path, img_size: int, download: bool, cache_dir, progr
               for s in ("train", "val", "test")]
     files = sorted(jpg.glob("image_*.jpg"))
 
+    # Official labels (imagelabels.mat, 0-based in torchvision) in the same train, val, test order.
+    labels = torch.tensor([label for split in splits for label in split._labels], dtype=torch.long)
+
     def decode(_files):
-        out, missing = [], 0
+        out, kept, missing, index = [], [], 0, 0
         for split in splits:
             for i in tqdm(range(len(split)), desc=f"decoding Flowers102 {split._split} at {img_size}px (once; cached)",
                           disable=not progress):
                 try:
                     out.append(split[i][0])
+                    kept.append(index)
                 except (UnidentifiedImageError, OSError, SyntaxError):  # absent or unreadable file
                     missing += 1
+                index += 1
         if missing:
             warnings.warn(f"{missing} of {FLOWERS102_SIZE} Flowers102 images are missing or unreadable in "
                           f"{jpg}; using the {len(out)} that load")
         if not out:
             raise DataError(f"no Flowers102 images could be read from {jpg}")
-        return torch.stack(out)
+        return torch.stack(out), torch.tensor(kept, dtype=torch.long)
 
-    return _cached_decode(jpg, files, img_size, cache_dir, "flowers102", decode), f"Flowers102 ({jpg})"
+    images, kept = _cached_decode(jpg, files, img_size, cache_dir, "flowers102", decode)
+    return images, labels[kept], f"Flowers102 ({jpg})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,10 +375,15 @@ PETAL_COLOURS = np.array([
     [220, 40, 60], [240, 120, 170], [250, 210, 40], [245, 140, 30], [150, 70, 200],
     [250, 245, 240], [200, 30, 120], [120, 110, 230],
 ], dtype=np.float32) / 255.0
+# A synthetic flower's class is its petal colour (the index into PETAL_COLOURS).
+SYNTHETIC_CLASS_NAMES = ("red", "pink", "yellow", "orange", "purple", "white", "magenta", "blue")
 
 
-def make_synthetic_flowers(n: int, img_size: int = 64, seed: int = 0) -> torch.Tensor:
+def make_synthetic_flowers(n: int, img_size: int = 64, seed: int = 0, return_labels: bool = False):
     """Draw ``n`` flowers as uint8 (n, 3, img_size, img_size); the same seed gives the same images.
+
+    With ``return_labels``, returns ``(images, labels)``: labels int64 (n,) are the petal colours,
+    indices into :data:`SYNTHETIC_CLASS_NAMES`.
 
     Each flower: k petals (5–9) of a random colour whose radius follows
     r(θ) = R·(0.35 + 0.65·|cos(k(θ − φ)/2)|^p), a yellow or brown centre disc, on a blurred green
@@ -316,6 +393,7 @@ def make_synthetic_flowers(n: int, img_size: int = 64, seed: int = 0) -> torch.T
     size = 2 * img_size
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size  # coordinates in [0, 1)
     out = np.empty((n, 3, img_size, img_size), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
     for i in range(n):
         # Background: a vertical green gradient plus a few dark leaf blobs.
         top, bottom = rng.uniform(0.15, 0.45, 3) * [0.6, 1.0, 0.5], rng.uniform(0.05, 0.3, 3) * [0.5, 1.0, 0.4]
@@ -328,7 +406,8 @@ def make_synthetic_flowers(n: int, img_size: int = 64, seed: int = 0) -> torch.T
         cx, cy = rng.uniform(0.35, 0.65, 2)
         radius = rng.uniform(0.25, 0.45)
         k, phase, sharp = rng.integers(5, 10), rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 2.0)
-        colour = np.clip(PETAL_COLOURS[rng.integers(len(PETAL_COLOURS))] + rng.normal(0, 0.06, 3), 0, 1)
+        labels[i] = rng.integers(len(PETAL_COLOURS))
+        colour = np.clip(PETAL_COLOURS[labels[i]] + rng.normal(0, 0.06, 3), 0, 1)
         dx, dy = xs - cx, ys - cy
         r, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
         petal_edge = radius * (0.35 + 0.65 * np.abs(np.cos(k * (theta - phase) / 2)) ** sharp)
@@ -341,6 +420,8 @@ def make_synthetic_flowers(n: int, img_size: int = 64, seed: int = 0) -> torch.T
         canvas = np.clip(canvas + rng.normal(0, 0.015, canvas.shape), 0, 1)
         small = canvas.reshape(3, img_size, 2, img_size, 2).mean(axis=(2, 4))  # 2×2 average: antialias
         out[i] = np.round(small * 255).astype(np.uint8)
+    if return_labels:
+        return torch.from_numpy(out), torch.from_numpy(labels)
     return torch.from_numpy(out)
 
 
@@ -353,11 +434,12 @@ def batches_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator,
-                  start: int = 0) -> Iterator[torch.Tensor]:
+                  start: int = 0, labels: torch.Tensor | None = None) -> Iterator:
     """Yield one epoch of shuffled, randomly h-flipped float batches (B, 3, H, W) in [-1, 1].
 
     The shuffle and every flip are drawn from ``generator`` up front, so restoring its state and
     passing ``start`` (batches already done) replays the rest of an interrupted epoch exactly.
+    With ``labels`` (int64 (N,)), yields ``(x, y)`` pairs instead, y the batch's labels (B,).
     """
     n = len(images)
     order = torch.randperm(n, generator=generator)
@@ -365,4 +447,5 @@ def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Genera
     for b in range(start, batches_per_epoch(n, batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size]
         x = to_model_range(images[idx])
-        yield torch.where(flip[idx, None, None, None], x.flip(-1), x)
+        x = torch.where(flip[idx, None, None, None], x.flip(-1), x)
+        yield x if labels is None else (x, labels[idx])

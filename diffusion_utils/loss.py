@@ -26,7 +26,8 @@ from .schedule import NoiseSchedule
 
 def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, *,
                    generator: torch.Generator | None = None, loss_weighting: str = "none",
-                   snr_gamma: float = 5.0, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                   snr_gamma: float = 5.0, autocast_dtype: torch.dtype | None = None,
+                   y: torch.Tensor | None = None, p_uncond: float = 0.0) -> torch.Tensor:
     """The loss of one batch, a scalar tensor (Algorithm 1, lines 2–5).
 
     Args:
@@ -38,16 +39,23 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
         loss_weighting: ``"none"`` (the simple loss) or ``"min_snr"``; ``snr_gamma`` is its γ.
         autocast_dtype: run the network under ``torch.autocast`` in this dtype (e.g. bfloat16);
             the loss itself is always computed in float32.
+        y: class labels (B,) for a class-conditional model (None: unconditional).
+        p_uncond: with ``y``, each label is replaced by the "no class" token with this
+            probability (drawn from ``generator`` after t and ε), so the network also learns the
+            unconditional model that classifier-free guidance needs (Ho & Salimans 2022).
     """
     prediction = getattr(model, "prediction", "eps")
     b = x0.shape[0]
     t = torch.randint(0, schedule.n_steps, (b,), device=x0.device, generator=generator)  # t ~ U{1…T}
     eps = torch.randn(x0.shape, device=x0.device, generator=generator)  # ε ~ N(0, I)
     x_t = schedule.q_sample(x0, t, eps)  # xₜ = √ᾱₜ x₀ + √(1−ᾱₜ) ε
+    if y is not None and p_uncond > 0:  # label dropout: c → ∅ with probability p_uncond
+        drop = torch.rand(b, device=x0.device, generator=generator) < p_uncond
+        y = torch.where(drop, torch.full_like(y, model.null_class), y)
     autocast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     with autocast:
-        output = model(x_t, t)  # ε_θ(xₜ, t) (or v_θ)
+        output = model(x_t, t) if y is None else model(x_t, t, y)  # ε_θ(xₜ, t[, c]) (or v_θ)
     target = schedule.training_target(x0, t, eps, prediction)  # ε (or v)
     per_example = (output.float() - target).pow(2).mean(dim=(1, 2, 3))  # ‖target − output‖²
     return (schedule.loss_weights(t, prediction, loss_weighting, snr_gamma) * per_example).mean()

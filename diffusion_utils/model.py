@@ -154,19 +154,27 @@ class UNet(nn.Module):
             divisible by ``2 ** (len(channel_mults) - 1)``). Forward works at any such size.
         prediction: what the output means — ``"eps"`` (the noise ε) or ``"v"`` (Salimans & Ho's
             v = √ᾱ ε − √(1−ᾱ) x₀). It changes no weight; the loss and the samplers read it.
+        num_classes: 0 for an unconditional model; else a class embedding with
+            ``num_classes + 1`` rows (the last is the "no class" token ∅) is added to the time
+            embedding (Ho & Salimans 2022).
+        class_names: one name per class (kept for sampling by name; no weight).
 
-    ``forward(x, t)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1] → ε̂ (or v̂) of x's shape.
+    ``forward(x, t, y=None)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1], y (B,) int64 class
+    ids in [0, num_classes] (num_classes = ∅; None: all ∅) → ε̂ (or v̂) of x's shape.
     """
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64,
                  channel_mults: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_levels: tuple[int, ...] = (2,), time_emb_dim: int = 128,
-                 dropout: float = 0.0, img_size: int = 64, prediction: str = "eps"):
+                 dropout: float = 0.0, img_size: int = 64, prediction: str = "eps",
+                 num_classes: int = 0, class_names: tuple[str, ...] = ()):
         super().__init__()
         check_prediction(prediction)
         self.in_channels = in_channels
         self.prediction = prediction  # what forward() returns: ε̂ ("eps") or v̂ ("v")
         self.img_size = img_size
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names)
         self.num_levels = len(channel_mults)
         self.min_divisor = 2 ** (self.num_levels - 1)
         if img_size % self.min_divisor != 0:
@@ -207,12 +215,30 @@ class UNet(nn.Module):
 
         self.head = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if num_classes:
+            # Registered last, so an unconditional model's parameters keep their order. Zero rows:
+            # a new model starts as if unconditional, and an unconditional model's weights can be
+            # fine-tuned into a conditional one without a jump.
+            self.class_embedding = nn.Embedding(num_classes + 1, time_emb_dim)
+            nn.init.zeros_(self.class_embedding.weight)
+
+    @property
+    def null_class(self) -> int:
+        """The id of the "no class" token ∅ (``num_classes``)."""
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] % self.min_divisor or x.shape[-2] % self.min_divisor:
             raise ConfigError(f"image height and width must be divisible by {self.min_divisor}; "
                               f"got {tuple(x.shape[-2:])}")
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         t_emb = self.time_embedding(t)
+        if self.num_classes:
+            if y is None:
+                y = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
+            t_emb = t_emb + self.class_embedding(y.to(x.device).reshape(-1).expand(x.shape[0]))
+        elif y is not None:
+            raise ConfigError("this model is unconditional (trained without labels); sample without classes")
         h = self.stem(x)
         skips = [h]
         for block in self.down:
@@ -232,7 +258,8 @@ class UNet(nn.Module):
         return cls(base_channels=config.base_channels, channel_mults=config.channel_mults,
                    num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
                    time_emb_dim=config.time_emb_dim, dropout=config.dropout, img_size=config.img_size,
-                   prediction=config.prediction)
+                   prediction=config.prediction, num_classes=config.num_classes or 0,
+                   class_names=config.class_names)
 
 
 class LevelBlock(nn.Module):
@@ -262,6 +289,8 @@ def parameter_table(model: UNet) -> dict[str, int]:
         "up path": model.up,
         "head (norm, conv)": model.head,
     }
+    if model.num_classes:
+        parts["class embedding"] = model.class_embedding
     return {name: count_parameters(part) for name, part in parts.items()}
 
 

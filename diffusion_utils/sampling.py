@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .config import SAMPLERS, bf16_available, default_steps
 from .errors import ConfigError
+from .guidance import GuidedModel, class_ids
 from .schedule import NoiseSchedule, at_timesteps
 
 SPACINGS = ("trailing", "leading", "linspace")
@@ -134,7 +135,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
            spacing: str = "trailing", clip_x0: bool = True,
            generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
            device=None, bf16: bool = True, return_trajectory: bool = False,
-           trajectory_frames: int | None = None, progress: bool = True):
+           trajectory_frames: int | None = None, progress: bool = True,
+           classes=None, guidance_scale: float | None = None):
     """Generate ``n`` images with the chosen sampler. Returns images in [-1, 1], (n, C, H, W).
 
     Args:
@@ -157,6 +159,12 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         return_trajectory: also return a :class:`Trajectory` of intermediate frames.
         trajectory_frames: keep only this many evenly spaced frames (default: every step).
         progress: show a tqdm progress bar.
+        classes: for a class-conditional model, one class (a name from ``model.class_names`` or
+            an id) for all images, or one per image. None: unconditional samples (the "no class"
+            token).
+        guidance_scale: classifier-free guidance w (see :mod:`~diffusion_utils.guidance`):
+            ε̂ = ε_∅ + w (ε_c − ε_∅); 0 is unconditional, 1 (the default) plain conditional, > 1
+            more typical and less diverse. Needs ``classes``.
 
     Returns:
         ``images`` or, with ``return_trajectory``, ``(images, trajectory)``.
@@ -174,6 +182,10 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
     if not 0.0 <= eta <= 1.0:
         raise ConfigError(f"eta must be in [0, 1]; got {eta}")
     ts = timesteps_for(T, steps, spacing if sampler != "ddpm" else "trailing")
+    if classes is not None:
+        model = GuidedModel(model, class_ids(classes, model, n), 1.0 if guidance_scale is None else guidance_scale)
+    elif guidance_scale is not None:
+        raise ConfigError("guidance_scale needs classes: say which class to guide towards")
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     bf16 = bf16 and bf16_available(device)

@@ -9,6 +9,11 @@ a tqdm progress bar, a loss history, a fixed-noise sample grid every ``sample_ev
 checkpoint after every epoch. ``resume=True`` continues from the checkpoint exactly (the same
 losses as an uninterrupted run, on the CPU). Ctrl-C writes a checkpoint before stopping; a NaN
 loss stops the run and names the step.
+
+With labelled data the model is class-conditional (``config.num_classes``): each batch carries
+its labels, and the loss drops them with probability ``p_uncond`` (classifier-free guidance).
+``init_from`` starts a new run from another checkpoint's weights — to train longer with new
+settings, or to fine-tune an unconditional model into a class-conditional one.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig, bf16_available, resolve_device
 from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
-from .errors import ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .loss import diffusion_loss
 from .model import UNet
 from .sampling import sample, to_uint8
@@ -137,15 +142,17 @@ class TrainState:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
 
-def train_step(state: TrainState, x0: torch.Tensor) -> float:
+def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = None) -> float:
     """One optimiser step of Algorithm 1 on the batch ``x0`` (B, C, H, W) in [-1, 1]; returns the loss.
 
-    Raises :class:`TrainingDiverged` (before touching the weights) if the loss is not finite.
+    ``y``: the batch's class labels (B,) for a class-conditional model. Raises
+    :class:`TrainingDiverged` (before touching the weights) if the loss is not finite.
     """
     config = state.config
     loss = diffusion_loss(state.model, state.schedule, x0.to(state.device, non_blocking=True),
                           generator=state.noise_rng, loss_weighting=config.loss_weighting,
-                          snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype)
+                          snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype,
+                          y=None if y is None else y.to(state.device), p_uncond=config.p_uncond)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise TrainingDiverged(f"loss became {loss_value} at step {state.step} (epoch {state.epoch + 1}); "
@@ -163,8 +170,40 @@ def train_step(state: TrainState, x0: torch.Tensor) -> float:
     return loss_value
 
 
+def with_classes_of(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
+    """``config`` with ``num_classes`` and ``class_names`` settled by the data.
+
+    ``num_classes=None`` becomes the dataset's class count (0 without labels); an explicit count
+    must match the data's (0 always may: it trains unconditionally and ignores the labels).
+    """
+    wanted = dataset.num_classes if config.num_classes is None else config.num_classes
+    if wanted and wanted != dataset.num_classes:
+        found = f"{dataset.num_classes} classes" if dataset.num_classes else "no labels"
+        raise ConfigError(f"num_classes is {wanted} but the data has {found}; use data with "
+                          f"{wanted} classes, or train unconditionally (num_classes=0, --no-labels)")
+    return config.replace(num_classes=wanted, class_names=tuple(dataset.class_names or ()) if wanted else ())
+
+
+def init_weights_from(state: TrainState, path: str | Path) -> None:
+    """Start ``state``'s model (and its EMA) from the EMA weights of the checkpoint at ``path``.
+
+    The checkpoint must describe the same network and schedule, except that an unconditional
+    checkpoint may start a class-conditional run: its class embedding then starts at zero, so the
+    model begins exactly where the unconditional one was.
+    """
+    saved = load_checkpoint(path)["config"]
+    check_compatible(saved, state.config, path, ignore=("num_classes",))
+    if saved.num_classes not in (0, state.config.num_classes):
+        raise CheckpointError(f"{path} has {saved.num_classes} classes but this run has "
+                              f"{state.config.num_classes}; start from a checkpoint with the same classes")
+    model, _, _ = load_model(path)
+    missing, _ = state.model.load_state_dict(model.state_dict(), strict=False)
+    assert set(missing) <= {"class_embedding.weight"}, missing  # check_compatible guarantees the rest
+    state.ema.module.load_state_dict(state.model.state_dict())
+
+
 def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: ImageDataset | None = None,
-          resume: bool = False, progress: bool = True, on_step=None,
+          resume: bool = False, init_from: str | Path | None = None, progress: bool = True, on_step=None,
           cache_dir: str | Path | None = None) -> TrainResult:
     """Train a DDPM as ``config`` says, writing checkpoints and figures into ``out_dir``.
 
@@ -175,6 +214,8 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
         dataset: images to train on (default: ``load_dataset(config.data, …)``).
         resume: continue from ``out_dir/diffusion_unet_pixels.pth`` (it must exist and match the
             config's network and schedule; ``num_epochs`` may be raised to train longer).
+        init_from: a new run (step 0, fresh optimizer) whose weights start from this checkpoint's
+            EMA weights (see :func:`init_weights_from`).
         progress: show a progress bar.
         on_step: optional ``callback(step, loss)`` after every optimiser step.
         cache_dir: where decoded images are cached (see :mod:`diffusion_utils.data`).
@@ -188,8 +229,14 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
                                cache_dir=cache_dir, progress=progress)
     if dataset.img_size != config.img_size:
         raise ConfigError(f"the dataset's images are {dataset.img_size} px but img_size is {config.img_size}")
+    if resume and init_from is not None:
+        raise ConfigError("resume continues a run and init_from starts a new one; pass only one")
+    config = with_classes_of(config, dataset)
+    labels = dataset.labels if config.num_classes else None
 
     state = TrainState(config, device)
+    if init_from is not None:
+        init_weights_from(state, init_from)
     grid_noise = torch.randn(config.sample_grid_n, 3, config.img_size, config.img_size,
                              generator=torch.Generator().manual_seed(config.seed + 2))
     if resume:
@@ -209,10 +256,11 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
         with _StopOnCtrlC() as stop:
             while state.epoch < config.num_epochs:  # Algorithm 1: repeat …
                 epoch_start_rng = state.data_rng.get_state()
-                for x0 in epoch_batches(dataset.images, config.batch_size, state.data_rng,
-                                        start=state.batch_in_epoch):
+                for batch in epoch_batches(dataset.images, config.batch_size, state.data_rng,
+                                           start=state.batch_in_epoch, labels=labels):
+                    x0, y = batch if labels is not None else (batch, None)
                     try:
-                        loss_value = train_step(state, x0)
+                        loss_value = train_step(state, x0, y)
                     except TrainingDiverged as err:
                         last_good = f"; the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else ""
                         raise TrainingDiverged(f"{err}{last_good}") from None
