@@ -27,7 +27,7 @@ from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load
 from .config import PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
 from .errors import DiffusionError
-from .guidance import class_ids
+from .guidance import check_guidance_scale, class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
 from .sampling import sample
 from .training import train
@@ -219,6 +219,8 @@ def run_sample(args) -> int:
     classes = _cycle_classes(args.classes, args.n, model)
     if args.guidance is not None and classes is None:
         raise DiffusionError("--guidance needs --class: say which class to guide towards")
+    if args.guidance is not None:
+        check_guidance_scale(args.guidance)
     what = f", class {', '.join(args.classes)}, guidance {args.guidance or 1.0:g}" if classes is not None else ""
     print(f"Sampling {args.n} images with {sampler} ({steps} steps{what}) on {device} …", file=sys.stderr)
     start = time.perf_counter()

@@ -317,6 +317,10 @@ def test_flowers102_loads_the_present_images_of_all_three_splits(flowers_root, t
     assert all(any(i in present for i in ids) for ids in _split_ids(root / "flowers-102").values())
     expected = torch.stack([preprocess(Image.open(jpg / f"image_{i:05d}.jpg"), S) for i in order])
     assert torch.equal(ds.images, expected)
+    # Each image keeps its official label (imagelabels.mat is 1-based; ours are 0-based).
+    official = loadmat(root / "flowers-102" / "imagelabels.mat", squeeze_me=True)["labels"]
+    assert ds.labels.tolist() == [int(official[i - 1]) - 1 for i in order]
+    assert ds.num_classes == 102 and ds.class_names[0] == "pink primrose" and ds.class_names[53] == "sunflower"
     assert "Flowers102" in ds.source
     assert not any(p.name.startswith(".diffusion_cache") for p in root.rglob("*"))
 
