@@ -153,12 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_train(args) -> int:
-    out = Path(args.out)
+def train_overrides(args) -> dict:
+    """The config fields that ``train``'s flags set (flags not given are left out)."""
     overrides = {field: getattr(args, flag) for flag, (field, _, _) in TRAIN_OVERRIDES.items()
                  if getattr(args, flag) is not None}
     if args.no_labels:
         overrides["num_classes"] = 0
+    return overrides
+
+
+def run_train(args) -> int:
+    out = Path(args.out)
+    overrides = train_overrides(args)
     ckpt = out / CHECKPOINT_NAME
     if args.resume and args.init_from:
         raise DiffusionError("--resume continues a run and --init-from starts a new one; pass only one")

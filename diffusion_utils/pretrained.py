@@ -26,6 +26,7 @@ import difflib
 import math
 import numbers
 import os
+import shlex
 import warnings
 from pathlib import Path
 
@@ -180,6 +181,17 @@ def render_card(name: str, config: TrainConfig, card: dict) -> str:
         f"under a {config.n_steps}-step {config.schedule} noise schedule. The file holds the EMA weights in "
         f"float16 and the full training config.",
         "",
+    ]
+    if config.num_classes:
+        names = config.class_names
+        example = "sunflower" if "sunflower" in names else (names[0] if names else 0)  # for the examples
+        lines += [
+            f"It is class-conditional on {config.num_classes} classes (label dropout {config.p_uncond:g} in "
+            f"training), so one set of weights samples unconditionally or a chosen class with classifier-free "
+            f"guidance (Ho & Salimans 2022).",
+            "",
+        ]
+    lines += [
         "## Load it",
         "",
         "```python",
@@ -187,9 +199,15 @@ def render_card(name: str, config: TrainConfig, card: dict) -> str:
         f'model, schedule, config = load_pretrained("{name}")  # or a path to {name}.pt',
         f"images = sample(model, schedule, 16, sampler={config.sampler!r}, steps={config.steps_for_sampling})"
         "  # in [-1, 1]",
+    ]
+    if config.num_classes:
+        lines.append(f"guided = sample(model, schedule, 16, sampler={config.sampler!r}, steps={config.steps_for_sampling}, "
+                     f"classes={example!r}, guidance_scale=3)")
+    lines += [
         "```",
         "",
-        f"or from a shell: `python -m diffusion_utils sample --pretrained {name} --out outputs`.",
+        f"or from a shell: `python -m diffusion_utils sample --pretrained {name} --out outputs`"
+        + (f" (add `--class {shlex.quote(str(example))} --guidance 3` for one class)." if config.num_classes else "."),
         "",
         "## How it was trained",
         "",
@@ -242,8 +260,9 @@ def render_card(name: str, config: TrainConfig, card: dict) -> str:
     limitations = c.pop("limitations", None)
     if limitations:
         lines += [f"- {item}" for item in (limitations if isinstance(limitations, list) else [limitations])]
-    lines += [f"- {size} pixels only, and only the kind of images it was trained on ({config.data}); "
-              f"it knows no labels or text prompts.",
+    knows = (f"it knows its {config.num_classes} class labels but no text prompts" if config.num_classes
+             else "it knows no labels or text prompts")
+    lines += [f"- {size} pixels only, and only the kind of images it was trained on ({config.data}); {knows}.",
               "- A teaching model: small and briefly trained, far from the state of the art.",
               "- Weights are stored in float16 and cast to float32 on loading."]
     notes = c.pop("notes", None)

@@ -18,7 +18,7 @@ import torch
 from diffusion_utils import (PRETRAINED, CheckpointError, DiffusionError, TrainConfig, export_pretrained,
                              load_model, load_pretrained, pretrained_card, sample)
 from diffusion_utils import pretrained as pretrained_module
-from diffusion_utils.cli import build_parser, main, train_command, TRAIN_OVERRIDES
+from diffusion_utils.cli import build_parser, main, train_command, train_overrides
 from diffusion_utils.pretrained import PRETRAINED_FORMAT
 
 from conftest import tiny_config
@@ -417,14 +417,26 @@ def test_cli_export_without_card_reconstructs_the_command(tmp_path):
                        sample_steps=20, prediction="v", loss_weighting="min_snr"),
     TrainConfig(),
     TrainConfig(num_epochs=50, device="cpu", seed=3, schedule="cosine"),
+    TrainConfig.preset("quick", num_classes=0, p_uncond=0.2),
 ])
 def test_train_command_rebuilds_the_config(config):
     """Parsing the reconstructed command the way `train` does gives the same config back."""
     words = train_command(config).split()
     args = build_parser().parse_args(words[3:])
-    overrides = {field: getattr(args, flag) for flag, (field, _, _) in TRAIN_OVERRIDES.items()
-                 if getattr(args, flag) is not None}
-    assert TrainConfig.preset(args.preset, **overrides) == config
+    assert TrainConfig.preset(args.preset, **train_overrides(args)) == config
+
+
+def test_train_command_of_a_conditional_run_leaves_the_classes_to_the_data():
+    """num_classes and class_names came from the data: the command does not spell them out."""
+    config = TrainConfig.preset("quick", num_classes=3, class_names=("a", "b", "c"))
+    assert train_command(config) == train_command(TrainConfig.preset("quick"))
+
+
+def test_model_card_of_a_conditional_model_shows_guided_sampling(exported):
+    text = exported.with_suffix(".md").read_text(encoding="utf-8")  # synthetic flowers: 8 colour classes
+    for piece in ("class-conditional on 8 classes", "classes='red', guidance_scale=3",
+                  "--class red --guidance 3", "knows its 8 class labels"):
+        assert piece in text, piece
 
 
 def test_train_command_is_none_when_flags_cannot_express_the_config():
