@@ -32,7 +32,7 @@ from .errors import DiffusionError, short_reason
 from .files import check_output_folder, lock_run_folder
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
 from .sampling import sample, to_uint8
-from .training import TrainingInterrupted, train
+from .training import TRAIN_OUTPUTS, TrainingInterrupted, train
 from .visualization import save_animation, save_grid, save_large_sample
 
 
@@ -43,8 +43,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
-# What each command writes into its output folder (checked before any work; "/" marks a folder).
-TRAIN_OUTPUTS = (CHECKPOINT_NAME, "loss.png", "epoch_samples.png", "samples/")
+# What the sample command writes into its output folder (checked before any work).
 SAMPLE_OUTPUTS = ("samples_grid.png", "diffusion_animation.gif", "generated_pixel_diffusion.png")
 MAX_SAMPLES = 10_000  # one grid image of them all; generated SAMPLE_BATCH at a time
 SAMPLE_BATCH = 64

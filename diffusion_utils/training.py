@@ -33,12 +33,16 @@ from .checkpoint import CHECKPOINT_NAME, check_compatible, first_non_finite, loa
 from .config import TrainConfig, bf16_available, resolve_device
 from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
-from .files import lock_run_folder, remove_stale_temp_files
+from .files import check_output_folder, lock_run_folder, remove_stale_temp_files
 from .loss import diffusion_loss
 from .model import UNet
 from .sampling import sample, to_uint8
 from .schedule import NoiseSchedule
 from .visualization import plot_epoch_table, plot_loss, save_grid
+
+
+# What train() writes into its output folder ("/" marks a folder), checked before it starts.
+TRAIN_OUTPUTS = (CHECKPOINT_NAME, "loss.png", "epoch_samples.png", "samples/")
 
 
 @dataclass
@@ -199,7 +203,7 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     written or another run is using it, and :class:`TrainingInterrupted` on Ctrl-C.
     """
     config.validate()  # again: a notebook may have changed a field since the config was built
-    with lock_run_folder(out_dir) as out_dir:
+    with lock_run_folder(check_output_folder(out_dir, TRAIN_OUTPUTS)) as out_dir:
         remove_stale_temp_files(out_dir, CHECKPOINT_NAME)  # left by a killed run; no live writer now
         return _train(config, out_dir, dataset=dataset, resume=resume, progress=progress, on_step=on_step,
                       cache_dir=cache_dir)
