@@ -103,8 +103,8 @@ def _first_problem(state: dict) -> str | None:
     if problem:
         return f"its optimizer state {problem}"
     rng = state["rng"]
-    if not all(isinstance(rng.get(k), torch.Tensor) for k in RNG_ENTRIES):
-        return f"its 'rng' entry needs the tensors {', '.join(RNG_ENTRIES)}"
+    if not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in RNG_ENTRIES):
+        return f"its 'rng' entry needs the uint8 tensors {', '.join(RNG_ENTRIES)}"
     if not (state["losses"].ndim == 1 and state["losses"].is_floating_point()):
         return "its 'losses' is not a 1-D float tensor"
     if not all(isinstance(k, int) and isinstance(v, torch.Tensor) and v.dtype == torch.uint8
@@ -161,10 +161,10 @@ def torch_load(path: Path, what: str, map_location="cpu", fix: str = "") -> obje
     except OSError as err:
         why = f"it cannot be read: {err.strerror or type(err).__name__}"
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        if "Unsupported global" in str(err):  # weights_only refused a class: loading it could run code
             why = "it holds Python objects, not only tensors and plain values, and opening it could run code"
         else:
-            why = f"it is truncated or corrupt ({short_reason(err)})"
+            why = "it is truncated or corrupt"
     except Exception as err:
         why = f"it is truncated or corrupt ({short_reason(err)})"
     raise CheckpointError(f"{path} is not a readable {what}: {why}; {fix}")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .config import MAX_SEED, MAX_SIZES, as_int
 from .errors import DataError, RunFolderError, short_reason
-from .files import atomic_write, is_writable, missing_folders
+from .files import atomic_write, check_output_folder, is_writable, missing_folders
 
 CACHE_ENV = "DIFFUSION_CACHE_DIR"
 DEFAULT_HOME = Path("~/.cache/diffusion_utils").expanduser()
@@ -198,10 +198,11 @@ def _decode_files(files: list[Path], img_size: int, progress: bool, what: str) -
             bad.append(f.name)
         else:
             out.append(image)
+    if not out:
+        raise DataError(f"none of the {len(files)} files in {what} could be read as an image (e.g. {bad[0]}); "
+                        f"pass --data with a folder of images, 'flowers102' or 'synthetic'")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {what}, e.g. {bad[0]}")
-    if not out:
-        raise DataError(f"none of the {len(files)} files in {what} could be read as an image")
     return torch.stack(out)
 
 
@@ -227,6 +228,9 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool) -> torch.Tensor:
+    if folder.is_file():
+        raise DataError(f"{folder} is a file, not a folder of images; pass --data with a folder of images, "
+                        f"'flowers102' or 'synthetic'")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; pass --data with a folder of images, "
                         f"'flowers102' or 'synthetic'")
@@ -282,6 +286,7 @@ def _load_flowers102(root: Path, img_size: int, download: bool, cache_dir, progr
         if not download:
             raise DataError(f"Flowers102 is not in {root / 'flowers-102'}; allow downloading, or use "
                             f"--data /path/to/images or --data synthetic")
+        check_output_folder(root / "flowers-102", what="download folder (--data-root)")
         print(f"Downloading Flowers102 (~330 MB) into {root / 'flowers-102'} …", file=sys.stderr)
         download_flowers102(root)
         if not _flowers102_present(root):

@@ -37,26 +37,27 @@ def is_writable(path: Path) -> bool:
         return False
 
 
-def check_output_folder(folder: str | os.PathLike, writes: tuple[str, ...] = ()) -> Path:
+def check_output_folder(folder: str | os.PathLike, writes: tuple[str, ...] = (), what: str = "output folder") -> Path:
     """Raise :class:`RunFolderError` unless ``folder`` is, or can be created as, a writable folder
     in which every path of ``writes`` (relative; a trailing ``/`` marks a folder) can be written.
+    ``what`` names the folder in the messages.
 
     Creates nothing. Returns ``folder`` as a :class:`Path` (``~`` expanded).
     """
     if not os.fspath(folder).strip():
-        raise RunFolderError("the output folder is an empty string; name a folder (e.g. outputs)")
+        raise RunFolderError(f"the {what} is an empty string; name a folder (e.g. outputs)")
     folder = Path(os.fspath(folder)).expanduser()
     existing = folder
     while not existing.exists() and existing != existing.parent:  # the nearest existing ancestor
         if existing.is_symlink():
-            raise RunFolderError(f"output folder {folder}: {existing} is a broken link; choose another output folder")
+            raise RunFolderError(f"{what} {folder}: {existing} is a broken link; choose another {what}")
         existing = existing.parent
     if not existing.is_dir():
-        raise RunFolderError(f"output folder {folder} cannot be created: {existing} is a file, not a folder; "
-                             f"choose another output folder")
+        raise RunFolderError(f"{what} {folder} cannot be created: {existing} is a file, not a folder; "
+                             f"choose another {what}")
     if not is_writable(existing):
-        raise RunFolderError(f"output folder {folder} cannot be written: {existing} is read-only; "
-                             f"choose another output folder or make it writable")
+        raise RunFolderError(f"{what} {folder} cannot be written: {existing} is read-only; "
+                             f"choose another {what} or make it writable")
     if existing == folder:
         for name in writes:
             target, want_folder = folder / name.rstrip("/"), name.endswith("/")

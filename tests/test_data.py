@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 import diffusion_utils.data as data
-from diffusion_utils import ConfigError, DataError, ImageDataset, load_dataset, make_synthetic_flowers
+from diffusion_utils import ConfigError, DataError, DiffusionError, ImageDataset, load_dataset, make_synthetic_flowers
 from diffusion_utils.data import FLOWERS102_MIRRORS, cache_path_for, epoch_batches, preprocess
 
 
@@ -273,13 +274,15 @@ def test_empty_or_missing_folder_raises_one_line_data_error(tmp_path, case):
 
 
 def test_folder_of_only_corrupt_images_raises_data_error(tmp_path):
-    """If no file decodes, that is a DataError, not an empty dataset."""
+    """If no file decodes, that is a DataError (one line, no warning beside it), not an empty dataset."""
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "x.png").write_bytes(b"nope")
-    with pytest.warns(UserWarning), pytest.raises(DataError) as info:
-        load_dataset(str(folder), S, cache_dir=tmp_path / "cache", progress=False)
-    one_line(info.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError) as info:
+            load_dataset(str(folder), S, cache_dir=tmp_path / "cache", progress=False)
+    assert "x.png" in one_line(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,3 +481,16 @@ def test_a_failed_download_leaves_no_folders_behind(partial, tmp_path, monkeypat
                      progress=False)
     assert "could not download" in one_line(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+
+
+@pytest.mark.parametrize("case", ["data root below a file", "data is a file"])
+def test_a_file_where_a_folder_belongs_is_one_line_before_any_download(case, tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DiffusionError) as info:
+        if case == "data is a file":
+            load_dataset(tmp_path / "file", S, cache_dir=tmp_path / "c", progress=False)
+        else:
+            load_dataset("flowers102", S, root=tmp_path / "file" / "root", cache_dir=tmp_path / "c", progress=False)
+    assert "is a file" in one_line(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
