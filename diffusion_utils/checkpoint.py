@@ -65,15 +65,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a diffusion_utils checkpoint (no '{FORMAT}' marker); "
                               f"pick a file written by 'python -m diffusion_utils train'")
-    problem = _first_problem(state)
+    problem = checkpoint_problem(state)
     if problem:
         raise CheckpointError(f"{path} is damaged: {problem}; re-train or pick another checkpoint")
     return state
 
 
-def _first_problem(state: dict) -> str | None:
-    """What is wrong with a checkpoint's contents (the first thing found), or None. Parses
-    ``state["config"]`` into a :class:`TrainConfig` on the way."""
+def checkpoint_problem(state: dict) -> str | None:
+    """What is wrong with a checkpoint's contents (the first thing found, in words), or None.
+    Parses ``state["config"]`` into a :class:`TrainConfig` on the way."""
     for name, kind in ENTRIES.items():
         if name not in state:
             return f"it has no '{name}' entry"

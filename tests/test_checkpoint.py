@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffusion_utils import CheckpointError, TrainConfig, load_checkpoint, load_model, save_checkpoint
-from diffusion_utils.checkpoint import ENTRIES, FORMAT, check_compatible
+from diffusion_utils.checkpoint import ENTRIES, FORMAT, check_compatible, checkpoint_problem
 from diffusion_utils.errors import short_reason
 
 from conftest import tiny_config
@@ -191,22 +191,37 @@ DAMAGE = {
 }
 
 
+@pytest.fixture(scope="module")
+def saved_state(trained_run) -> dict:
+    """The shared run's checkpoint as torch.load gives it (read once: loading costs ~0.3 s)."""
+    return torch.load(trained_run.checkpoint_path, weights_only=True)
+
+
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_damaged_checkpoint_is_one_line_for_every_reader(case, trained_run, tmp_path):
-    """Every kind of damage is found by the one reader, and reported as one line that names the
-    file and the problem, by load_checkpoint and load_model alike (sample, export and --resume
-    use the same reader; see test_cli), with no warning from torch."""
-    state = torch.load(trained_run.checkpoint_path, weights_only=True)
+def test_every_kind_of_damage_is_found_and_put_in_words(case, saved_state):
+    """The reader's check finds each kind of damage and says what it is, in one line."""
     change, expected = DAMAGE[case]
+    problem = checkpoint_problem(change(dict(saved_state)))
+    assert problem and "\n" not in problem and expected in problem, problem
+
+
+def test_an_undamaged_checkpoint_has_no_problem(saved_state):
+    assert checkpoint_problem(dict(saved_state)) is None
+
+
+def test_a_damaged_file_is_one_line_for_every_reader(saved_state, tmp_path):
+    """load_checkpoint and load_model (and through them sample, export, --resume and the
+    notebooks' loaders; see test_cli) refuse a damaged file in one line that names it and the
+    problem, with no warning from torch."""
     path = tmp_path / "damaged.pth"
-    torch.save(change(state), path)
+    torch.save(DAMAGE["nan weight"][0](saved_state), path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for read in (load_checkpoint, load_model):
             with pytest.raises(CheckpointError) as info:
                 read(path)
             message = one_line(info.value)
-            assert str(path) in message and expected in message, message
+            assert str(path) in message and "is damaged" in message and "NaN or infinite" in message
 
 
 def test_a_folder_is_not_a_checkpoint_and_the_message_points_inside(trained_run):
