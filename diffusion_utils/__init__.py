@@ -9,6 +9,7 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.loss` — :func:`diffusion_loss`, Algorithm 1: the training loss in one function
 - :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
+- :mod:`~diffusion_utils.files` — output-folder checks, atomic writes, the run-folder lock
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
 - :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
 - :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`, :func:`extract_features`: sample quality vs real images
@@ -21,7 +22,7 @@ One module per idea, each readable top to bottom:
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
 from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_device
 from .data import ImageDataset, load_dataset, make_synthetic_flowers
-from .errors import CheckpointError, ConfigError, DataError, DiffusionError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, DataError, DiffusionError, RunFolderError, TrainingDiverged
 from .evaluation import SamplerRun, evaluate_samplers
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
                       compute_kid, extract_features)
@@ -30,7 +31,7 @@ from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_trained_or_pretrained, pretrained_card
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
-from .training import TrainResult, TrainState, make_ema, train, train_step
+from .training import TrainingInterrupted, TrainResult, TrainState, make_ema, train, train_step
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_schedules, save_animation, save_grid, save_large_sample, show_images)
 from .widgets import DenoisingSlider, denoising_slider
@@ -41,7 +42,7 @@ __all__ = [
     "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",
     "DenoisingSlider", "DiffusionError", "PRETRAINED", "export_pretrained", "load_pretrained", "pretrained_card", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
+    "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",

@@ -6,9 +6,10 @@ sample writes  OUT/samples_grid.png, OUT/diffusion_animation.gif, OUT/generated_
                from a --checkpoint (OUT: its folder) or --pretrained weights (OUT: outputs/)
 export writes  FILE.pt (the EMA weights in float16 + config + card) and FILE.md (the model card)
 
-Mistakes in input (a bad count, beta_end <= beta_start, an image size the UNet cannot halve, an
-unknown dataset, an empty folder, a missing/corrupt/mismatched checkpoint) print one line and
-exit with status 2, before anything on disk is written.
+Mistakes in input (a bad count, a size out of range, beta_end <= beta_start, an image size the
+UNet cannot halve, an unknown dataset, an empty folder, an output folder that cannot be written
+or that another run is using, a missing/corrupt/mismatched checkpoint) print one line and exit
+with status 2, before anything on disk is written; warnings are one line each too.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ import json
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
-from .config import PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
+from .config import MAX_SEED, PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
-from .errors import DiffusionError
+from .errors import DiffusionError, short_reason
+from .files import check_output_folder, lock_run_folder
 from .guidance import check_guidance_scale, class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
-from .sampling import sample
-from .training import train
+from .sampling import sample, to_uint8
+from .training import TRAIN_OUTPUTS, TrainingInterrupted, train
 from .visualization import save_animation, save_grid, save_large_sample
 
 
@@ -41,15 +44,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= ``minimum``, else a one-line error naming ``what``."""
+# What the sample command writes into its output folder (checked before any work).
+SAMPLE_OUTPUTS = ("samples_grid.png", "diffusion_animation.gif", "generated_pixel_diffusion.png")
+MAX_SAMPLES = 10_000  # one grid image of them all; generated SAMPLE_BATCH at a time
+SAMPLE_BATCH = 64
+
+
+def _int_at_least(minimum: int, what: str, maximum: int | None = None):
+    """An argparse type: an integer in [``minimum``, ``maximum``], else a one-line error naming ``what``."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
+        if value is None or value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -123,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--pretrained", metavar="NAME",
                         help=f"weights shipped with the package ({', '.join(PRETRAINED) or 'none installed'}) "
                              f"or a .pt file written by export")
-    sa.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
-    sa.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    sa.add_argument("--n", type=_int_at_least(1, f"an integer in [1, {MAX_SAMPLES}]", MAX_SAMPLES), default=64,
+                    help=f"number of images, 1 to {MAX_SAMPLES} (default 64)")
+    sa.add_argument("--seed", type=_int_at_least(0, f"an integer in [0, {MAX_SEED}]", MAX_SEED), default=0,
+                    help="random seed (default 0)")
     sa.add_argument("--sampler", choices=SAMPLERS, default=None,
                     help="ddpm (T ancestral steps), ddim or dpmpp (default: the model's config)")
     sa.add_argument("--steps", type=_positive_int, default=None,
@@ -163,7 +174,12 @@ def train_overrides(args) -> dict:
 
 
 def run_train(args) -> int:
-    out = Path(args.out)
+    # The output folder first: a bad --out is refused before anything is loaded or trained.
+    with lock_run_folder(check_output_folder(args.out, TRAIN_OUTPUTS)) as out:
+        return _run_train(args, out)
+
+
+def _run_train(args, out: Path) -> int:
     overrides = train_overrides(args)
     ckpt = out / CHECKPOINT_NAME
     if args.resume and args.init_from:
@@ -197,6 +213,11 @@ def run_train(args) -> int:
 
 
 def run_sample(args) -> int:
+    if args.out is not None:
+        out = args.out
+    else:  # never the package's own folder for shipped weights
+        out = "outputs" if args.pretrained is not None else Path(args.checkpoint).parent
+    out = check_output_folder(out, SAMPLE_OUTPUTS)
     device = resolve_device(args.device)
     if args.pretrained is not None:
         if args.raw_weights:
@@ -218,10 +239,6 @@ def run_sample(args) -> int:
         raise DiffusionError(f"--steps must be between 1 and {schedule.n_steps}; got {steps}")
     if not 0.0 <= args.eta <= 1.0:
         raise DiffusionError(f"--eta must be between 0 and 1; got {args.eta}")
-    if args.out:
-        out = Path(args.out)
-    else:  # never the package's own folder for shipped weights
-        out = Path("outputs") if args.pretrained is not None else Path(args.checkpoint).parent
     classes = _cycle_classes(args.classes, args.n, model)
     if args.guidance is not None and classes is None:
         raise DiffusionError("--guidance needs --class: say which class to guide towards")
@@ -230,11 +247,10 @@ def run_sample(args) -> int:
     what = f", class {', '.join(args.classes)}, guidance {args.guidance or 1.0:g}" if classes is not None else ""
     print(f"Sampling {args.n} images with {sampler} ({steps} steps{what}) on {device} …", file=sys.stderr)
     start = time.perf_counter()
-    images, trajectory = sample(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
-                                generator=torch.Generator().manual_seed(args.seed), bf16=config.bf16,
-                                return_trajectory=True, trajectory_frames=args.frames,
-                                progress=not args.no_progress, classes=classes,
-                                guidance_scale=args.guidance)
+    images, trajectory = _sample_in_batches(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
+                                            generator=torch.Generator().manual_seed(args.seed), bf16=config.bf16,
+                                            trajectory_frames=args.frames, progress=not args.no_progress,
+                                            classes=classes, guidance_scale=args.guidance)
     seconds = time.perf_counter() - start
     grid = save_grid(images, out / "samples_grid.png")
     gif = save_animation(trajectory, out / "diffusion_animation.gif", n_frames=args.frames)
@@ -251,6 +267,25 @@ def _cycle_classes(given: list[str] | None, n: int, model) -> torch.Tensor | Non
     names = [part.strip() for item in given for part in item.split(",") if part.strip()]
     ids = class_ids(names, model, len(names))
     return ids.repeat((n + len(ids) - 1) // len(ids))[:n]
+
+
+def _sample_in_batches(model, schedule, n: int, *, trajectory_frames: int, classes=None, **kwargs):
+    """``n`` images as uint8 on the CPU, drawn :data:`SAMPLE_BATCH` at a time from one generator
+    (so memory stays flat for any ``n``, and ``n <= SAMPLE_BATCH`` gives the images of a single
+    call), with the trajectory of the first batch (the GIF shows at most 16 images).
+    ``classes``: None or n class ids, one per image."""
+    images, trajectory = [], None
+    for start in range(0, n, SAMPLE_BATCH):
+        size = min(SAMPLE_BATCH, n - start)
+        if classes is not None:
+            kwargs["classes"] = classes[start:start + size]
+        if trajectory is None:
+            batch, trajectory = sample(model, schedule, size, return_trajectory=True,
+                                       trajectory_frames=trajectory_frames, **kwargs)
+        else:
+            batch = sample(model, schedule, size, **kwargs)
+        images.append(to_uint8(batch))
+    return torch.cat(images), trajectory
 
 
 def run_export(args) -> int:
@@ -315,14 +350,39 @@ def _describe(config: TrainConfig, dataset) -> str:
             f"base {config.base_channels} channels")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each ("warning: …"), not Python's two lines with a source excerpt."""
+    print(f"warning: {short_reason(message, 300)}", file=sys.stderr)
+
+
+def _interrupted(args, interrupt: KeyboardInterrupt) -> str:
+    """What Ctrl-C leaves behind, and what to do next."""
+    if args.command != "train":
+        return f"interrupted; {args.command} did not finish, so its files may be missing or stale."
+    if isinstance(interrupt, TrainingInterrupted):
+        detail, checkpoint = str(interrupt), interrupt.checkpoint
+    elif args.resume:  # stopped before training resumed: the checkpoint is as it was
+        detail, checkpoint = "interrupted before training resumed", Path(args.out) / CHECKPOINT_NAME
+    else:
+        detail, checkpoint = "interrupted before the first checkpoint was written", None
+    if checkpoint is None:
+        return f"{detail}. There is nothing to resume: run the same command again to start over."
+    return f"{detail}. Continue with: python -m diffusion_utils train --resume --out {shlex.quote(args.out)}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return {"train": run_train, "sample": run_sample, "export": run_export}[args.command](args)
-    except DiffusionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as interrupt:
-        detail = str(interrupt) or "interrupted"
-        print(f"\n{detail}. Continue with --resume.", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return {"train": run_train, "sample": run_sample, "export": run_export}[args.command](args)
+        except DiffusionError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except (MemoryError, torch.cuda.OutOfMemoryError) as err:
+            print(f"error: out of memory ({short_reason(err, 80)}); use a smaller --batch-size, --img-size or --n",
+                  file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as interrupt:
+            print(f"\n{_interrupted(args, interrupt)}", file=sys.stderr)
+            return 130

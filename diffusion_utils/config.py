@@ -16,6 +16,8 @@ Two environment variables let notebooks and CI switch mode without editing a cel
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -28,6 +30,13 @@ PRESET_ENV = "DIFFUSION_PRESET"
 DATA_ENV = "DIFFUSION_DATA"
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SCHEDULES = ("linear", "cosine")
+# Upper bounds of the sizes: far above any sensible run, low enough that a typo (a step count in
+# the billions) is refused up front instead of trying to allocate terabytes.
+MAX_SIZES = {"img_size": 1024, "n_steps": 100_000, "base_channels": 1024, "num_res_blocks": 16,
+             "time_emb_dim": 8192, "batch_size": 65_536, "num_epochs": 1_000_000, "sample_every": 1_000_000,
+             "sample_grid_n": 1024}
+MAX_SEED = 2 ** 32 - 1
+PATH_FIELDS = ("data", "data_root")  # also accept os.PathLike (stored as str)
 
 
 @dataclass
@@ -96,25 +105,23 @@ class TrainConfig:
     sample_steps: int | None = None  # network calls per sample (None: n_steps for ddpm, 50 else)
 
     def __post_init__(self) -> None:
-        self.channel_mults = tuple(int(m) for m in self.channel_mults)
-        self.attention_levels = tuple(int(level) for level in self.attention_levels)
-        self.class_names = tuple(str(name) for name in self.class_names)
         self.validate()
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for the first value outside its allowed range."""
+        """Normalise each field to its declared type (numpy integers → int, paths → str, lists →
+        tuples) and raise :class:`ConfigError`, naming the field, for the first value of the
+        wrong type (a bool for a count, a string for a number), not finite, or outside its range."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _of_type(f.name, getattr(self, f.name), f.type))
 
         def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ConfigError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
 
-        for name in ("img_size", "n_steps", "base_channels", "num_res_blocks", "time_emb_dim",
-                     "batch_size", "num_epochs", "sample_every", "sample_grid_n"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, "a positive integer")
-        need(self.max_images is None or (isinstance(self.max_images, int) and self.max_images > 0),
-             "max_images", "a positive integer or None")
+        for name, most in MAX_SIZES.items():
+            need(1 <= getattr(self, name) <= most, name, f"an integer in [1, {most}]")
+        need(self.max_images is None or self.max_images > 0, "max_images", "a positive integer or None")
         need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
         need(0 < self.beta_start < 1, "beta_start", "in (0, 1)")
         need(0 < self.beta_end < 1, "beta_end", "in (0, 1)")
@@ -132,8 +139,7 @@ class TrainConfig:
         need(self.time_emb_dim % 2 == 0, "time_emb_dim", "an even positive integer")
         need(0 <= self.dropout < 1, "dropout", "in [0, 1)")
         need(self.lr > 0, "lr", "a positive number")
-        need(isinstance(self.lr_warmup_steps, int) and self.lr_warmup_steps >= 0,
-             "lr_warmup_steps", "an integer >= 0")
+        need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "an integer >= 0")
         need(self.weight_decay >= 0, "weight_decay", ">= 0")
         need(self.grad_clip > 0, "grad_clip", "a positive number")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
@@ -141,16 +147,15 @@ class TrainConfig:
         need(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
         need(self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting", f"one of {LOSS_WEIGHTINGS}")
         need(self.snr_gamma > 0, "snr_gamma", "a positive number")
-        need(self.num_classes is None or (isinstance(self.num_classes, int) and self.num_classes >= 0),
-             "num_classes", "None (from the data) or an integer >= 0")
+        need(self.num_classes is None or self.num_classes >= 0, "num_classes",
+             "None (from the data) or an integer >= 0")
         need(0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
         need(not self.class_names or len(self.class_names) == self.num_classes, "class_names",
              f"empty or one name per class (num_classes={self.num_classes})")
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
+        need(0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
         need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
-        need(self.sample_steps is None
-             or (isinstance(self.sample_steps, int) and 0 < self.sample_steps <= self.n_steps),
+        need(self.sample_steps is None or 0 < self.sample_steps <= self.n_steps,
              "sample_steps", f"None or an integer in [1, n_steps={self.n_steps}]")
         if self.sampler == "ddpm" and self.sample_steps not in (None, self.n_steps):
             raise ConfigError(f"sample_steps must be n_steps={self.n_steps} (or None) for the "
@@ -179,11 +184,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """The config a checkpoint saved with :meth:`to_dict`; unknown keys are ignored.
+        """A config from :meth:`to_dict`'s output (unknown keys are ignored, missing ones default).
 
         A config saved before class conditioning existed has no ``num_classes``: it describes an
         unconditional model, so it reads as 0 (not None, which would mean "from the data").
         """
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a dict of field values; got a {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{"num_classes": 0, **{k: v for k, v in values.items() if k in known}})
 
@@ -209,6 +216,74 @@ class TrainConfig:
         if os.environ.get(DATA_ENV):
             overrides.setdefault("data", os.environ[DATA_ENV])
         return cls.preset(name, **overrides)
+
+
+def _of_type(name: str, value, annotation: str):
+    """``value`` converted to the field's declared type (the annotation's text: ``"int"``,
+    ``"float | None"``, ``"tuple[int, ...]"``, …), or a :class:`ConfigError` naming ``name``."""
+    if annotation.endswith(" | None"):
+        if value is None:
+            return None
+        annotation = annotation[:-len(" | None")]
+    if annotation == "int":
+        return as_int(name, value)
+    if annotation == "float":
+        return as_float(name, value)
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False; got {_shown(value)}")
+        return value
+    if annotation == "str":
+        if name in PATH_FIELDS and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string; got {_shown(value)}")
+        return value
+    if annotation == "tuple[int, ...]":
+        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+            raise ConfigError(f"{name} must be a tuple of integers; got {_shown(value)}")
+        return tuple(int(v) for v in value)
+    if annotation == "tuple[str, ...]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a tuple of strings; got {_shown(value)}")
+        return tuple(value)
+    return value
+
+
+def _is_int(value) -> bool:
+    """An int or a numpy integer; not a bool (True is an int to Python, but never a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    return f"{value!r} (type {type(value).__name__})"
+
+
+def as_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int if it is an integer (numpy integers too, bools not) in
+    [``low``, ``high``] (None: unbounded); else a one-line :class:`ConfigError` naming ``name``
+    and the allowed range."""
+    if low is not None and high is not None:
+        allowed = f"an integer in [{low}, {high}]"
+    elif low is not None:
+        allowed = f"an integer >= {low}"
+    else:
+        allowed = "an integer" if high is None else f"an integer <= {high}"
+    if not _is_int(value):
+        raise ConfigError(f"{name} must be {allowed}; got {_shown(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{name} must be {allowed}; got {value}")
+    return int(value)
+
+
+def as_float(name: str, value) -> float:
+    """``value`` as a finite Python float (ints and numpy numbers too, bools not), else a
+    :class:`ConfigError` naming ``name``."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be a finite number; got {_shown(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number; got {value}")
+    return float(value)
 
 
 def _check_field_names(values: dict) -> None:

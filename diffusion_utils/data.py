@@ -17,23 +17,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
+import shutil
 import sys
 import warnings
 from pathlib import Path
 from typing import Iterator
-from urllib.error import URLError
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import Flowers102
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_and_extract_archive, download_url
 from tqdm.auto import tqdm
 
-from .errors import DataError
+from .config import MAX_SEED, MAX_SIZES, as_int
+from .errors import DataError, RunFolderError, short_reason
+from .files import atomic_write, check_output_folder, is_writable, missing_folders
 
 CACHE_ENV = "DIFFUSION_CACHE_DIR"
 DEFAULT_HOME = Path("~/.cache/diffusion_utils").expanduser()
@@ -44,6 +45,7 @@ FLOWERS102_MIRRORS = (
 )
 FLOWERS102_SIZE = 8189
 SYNTHETIC_DEFAULT_N = 2048
+SYNTHETIC_MAX_N = 100_000  # 1.2 GB at 64 px: drawn in memory, so a typo must not ask for more
 
 
 def flowers102_class_names() -> list[str]:
@@ -108,32 +110,40 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The entry point
 # ---------------------------------------------------------------------------------------------
-def load_dataset(source: str, img_size: int = 64, *, root: str | os.PathLike | None = None,
+def load_dataset(source: str | os.PathLike, img_size: int = 64, *, root: str | os.PathLike | None = None,
                  max_images: int | None = None, seed: int = 0, download: bool = True,
                  cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ImageDataset:
     """Load training images as an :class:`ImageDataset` of ``img_size`` × ``img_size``.
 
     Args:
         source: ``"flowers102"`` (all three official splits, 8 189 images), ``"synthetic"``
-            (procedurally drawn flowers, no download), or a path to a folder of images (searched
-            recursively for .jpg, .png and the other formats PIL reads).
+            (procedurally drawn flowers, no download), or a path (``str`` or ``os.PathLike``) to
+            a folder of images (searched recursively for .jpg, .png and the other formats PIL
+            reads; files PIL refuses are skipped with one warning that counts them).
         img_size: output height and width; images are center-cropped to a square and resized.
         root: where Flowers102 lives or is downloaded (torchvision layout:
             ``root/flowers-102/jpg``). Default ``~/.cache/diffusion_utils/datasets``.
-        max_images: keep a random subset of this many images (seeded by ``seed``).
+        max_images: keep a random subset of this many images (seeded by ``seed``); for
+            ``"synthetic"``, the number drawn (at most 100 000).
         download: allow downloading Flowers102 when it is not under ``root``.
         cache_dir: where the decoded tensor is cached (see the module docstring).
     """
+    img_size = as_int("img_size", img_size, 1, MAX_SIZES["img_size"])
+    max_images = None if max_images is None else as_int("max_images", max_images, 1)
+    seed = as_int("seed", seed, 0, MAX_SEED)
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source).strip():
+        raise DataError(f"the dataset is {source!r}: use 'flowers102', 'synthetic' or a path to a folder of images")
     if source == "flowers102":
-        images, labels, where = _load_flowers102(Path(root) if root else DEFAULT_HOME / "datasets",
+        images, labels, where = _load_flowers102(Path(root).expanduser() if root else DEFAULT_HOME / "datasets",
                                                  img_size, download, cache_dir, progress)
         names = flowers102_class_names()
     elif source == "synthetic":
-        n = max_images or SYNTHETIC_DEFAULT_N
+        n = as_int("max_images (the number of synthetic images)", max_images or SYNTHETIC_DEFAULT_N, 1,
+                   SYNTHETIC_MAX_N)
         images, labels = make_synthetic_flowers(n, img_size, seed=seed, return_labels=True)
         return ImageDataset(images, f"synthetic flowers (seed {seed})", labels, list(SYNTHETIC_CLASS_NAMES))
-    elif _looks_like_path(source):
-        folder = Path(source).expanduser()
+    elif isinstance(source, os.PathLike) or _looks_like_path(source):
+        folder = Path(os.fspath(source)).expanduser()
         images, labels, names = _load_folder(folder, img_size, cache_dir, progress)
         where = str(folder)
     else:
@@ -175,14 +185,6 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _is_writable(folder: Path) -> bool:
-    """Writable by its permission bits — root ignores them, but read-only data should stay so."""
-    try:
-        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-    except OSError:
-        return False
-
-
 def cache_path_for(data_dir: Path, img_size: int, cache_dir=None, kind: str = "folder") -> Path:
     """Where the decoded tensor of ``data_dir`` at ``img_size`` is (or will be) cached.
 
@@ -195,7 +197,7 @@ def cache_path_for(data_dir: Path, img_size: int, cache_dir=None, kind: str = "f
         tag = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
         return Path(explicit).expanduser() / f"{tag}_{name}"
     parent = data_dir.resolve().parent
-    if _is_writable(parent):
+    if is_writable(parent):
         return parent / f".diffusion_cache_{name}"
     tag = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
     return DEFAULT_HOME / "cache" / f"{tag}_{name}"
@@ -218,41 +220,51 @@ def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, 
         except Exception:  # a truncated or foreign file: rebuild it
             pass
     images, kept = decode(files)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": images, "kept": kept, "fingerprint": fingerprint, "img_size": img_size}, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write the image cache {path} ({err}); images will be decoded again next time")
+        atomic_write(path, lambda f: torch.save({"images": images, "kept": kept, "fingerprint": fingerprint,
+                                                 "img_size": img_size}, f))
+    except RunFolderError as err:
+        warnings.warn(f"{err}; images will be decoded again next time")
     return images, kept
 
 
 def _decode_files(files: list[Path], img_size: int, progress: bool, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode, crop and resize each file; unreadable files are skipped with one warning.
+    """Decode, crop and resize each file; files PIL refuses are skipped with one warning.
 
     Returns the images and the indices (into ``files``) of those that loaded.
     """
     transform = _transform(img_size)
     out, kept, bad = [], [], []
     for i, f in enumerate(tqdm(files, desc=f"decoding {what} at {img_size}px (once; cached)", disable=not progress)):
-        try:
-            with Image.open(f) as im:
-                out.append(transform(im.convert("RGB")))
-            kept.append(i)
-        except (UnidentifiedImageError, OSError, SyntaxError):
+        image = _decoded(lambda: Image.open(f), transform)
+        if image is None:
             bad.append(f.name)
+        else:
+            out.append(image)
+            kept.append(i)
+    if not out:
+        raise DataError(f"none of the {len(files)} files in {what} could be read as an image (e.g. {bad[0]}); "
+                        f"pass --data with a folder of images, 'flowers102' or 'synthetic'")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {what}, e.g. {bad[0]}")
-    if not out:
-        raise DataError(f"none of the {len(files)} files in {what} could be read as an image")
     return torch.stack(out), torch.tensor(kept, dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------------
 # A folder of images
 # ---------------------------------------------------------------------------------------------
+def _decoded(open_image, transform):
+    """``transform(open_image().convert("RGB"))``, or None if PIL refuses the image for any reason
+    (not an image, truncated, a decompression bomb, …). Large but legitimate images decode quietly."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with open_image() as im:
+                return transform(im.convert("RGB"))
+    except Exception:  # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError, ValueError, …)
+        return None
+
+
 def list_images(folder: Path) -> list[Path]:
     """All image files below ``folder`` (recursively), sorted; hidden files are ignored."""
     return sorted(p for p in folder.rglob("*")
@@ -278,6 +290,9 @@ def folder_classes(folder: Path, files: list[Path]) -> tuple[torch.Tensor, list[
 
 def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool):
     """(images, labels or None, class names or None) of a folder of images."""
+    if folder.is_file():
+        raise DataError(f"{folder} is a file, not a folder of images; pass --data with a folder of images, "
+                        f"'flowers102' or 'synthetic'")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; pass --data with a folder of images, "
                         f"'flowers102' or 'synthetic'")
@@ -301,21 +316,26 @@ def download_flowers102(root: Path, mirrors=FLOWERS102_MIRRORS) -> None:
     """Download Flowers102 into ``root/flowers-102`` (torchvision layout), trying each mirror.
 
     Raises :class:`DataError` with a one-line message naming the offline alternatives when every
-    mirror fails.
+    mirror fails; the folders a failed (or interrupted) download created are removed again.
     """
     base = root / "flowers-102"
-    errors = []
-    for prefix in mirrors:
-        try:
-            archive, md5 = Flowers102._file_dict["image"]
-            if not (base / "jpg").is_dir():
-                download_and_extract_archive(prefix + archive, str(base), md5=md5)
-            for key in ("label", "setid"):
-                filename, md5 = Flowers102._file_dict[key]
-                download_url(prefix + filename, str(base), md5=md5)
-            return
-        except (URLError, OSError, RuntimeError, ValueError) as err:
-            errors.append(f"{prefix}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    created, done, errors = missing_folders(base), False, []
+    try:
+        for prefix in mirrors:
+            try:
+                archive, md5 = Flowers102._file_dict["image"]
+                if not (base / "jpg").is_dir():
+                    download_and_extract_archive(prefix + archive, str(base), md5=md5)
+                for key in ("label", "setid"):
+                    filename, md5 = Flowers102._file_dict[key]
+                    download_url(prefix + filename, str(base), md5=md5)
+                done = True
+                return
+            except Exception as err:  # the network, the disk, a corrupt archive: try the next mirror
+                errors.append(f"{prefix}: {short_reason(err)}")
+    finally:
+        if not done and created:
+            shutil.rmtree(created[0], ignore_errors=True)
     raise DataError(f"could not download Flowers102 ({'; '.join(errors)}); work offline with "
                     f"--data /path/to/a/folder/of/images or --data synthetic")
 
@@ -333,6 +353,7 @@ def _load_flowers102(root: Path, img_size: int, download: bool, cache_dir, progr
         if not download:
             raise DataError(f"Flowers102 is not in {root / 'flowers-102'}; allow downloading, or use "
                             f"--data /path/to/images or --data synthetic")
+        check_output_folder(root / "flowers-102", what="download folder (--data-root)")
         print(f"Downloading Flowers102 (~330 MB) into {root / 'flowers-102'} …", file=sys.stderr)
         download_flowers102(root)
         if not _flowers102_present(root):
@@ -354,7 +375,7 @@ def _load_flowers102(root: Path, img_size: int, download: bool, cache_dir, progr
                 try:
                     out.append(split[i][0])
                     kept.append(index)
-                except (UnidentifiedImageError, OSError, SyntaxError):  # absent or unreadable file
+                except Exception:  # absent, unreadable, or refused by PIL (e.g. a decompression bomb)
                     missing += 1
                 index += 1
         if missing:

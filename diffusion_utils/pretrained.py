@@ -27,14 +27,14 @@ import math
 import numbers
 import os
 import shlex
-import warnings
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import first_non_finite, load_checkpoint, load_model, torch_load, weights_problem
 from .config import TrainConfig
 from .errors import CheckpointError, ConfigError
+from .files import atomic_write, check_output_folder
 from .model import UNet, count_parameters
 from .schedule import NoiseSchedule
 
@@ -81,14 +81,11 @@ def export_pretrained(checkpoint_path: str | os.PathLike, out_path: str | os.Pat
         raise CheckpointError(f"the pretrained file must end in {SUFFIX} (its card is written next to it "
                               f"as .md); got {out_path}")
     card = _plain(dict(card or {}), "card")
+    check_output_folder(out_path.parent, (out_path.name, out_path.with_suffix(".md").name))
     state = load_checkpoint(checkpoint_path)
     config: TrainConfig = state["config"]
-    ema = state.get("ema")
-    if not isinstance(ema, dict) or not any(str(k).startswith("module.") for k in ema):
-        raise CheckpointError(f"{checkpoint_path} holds no EMA weights; pick a checkpoint written by "
-                              f"'python -m diffusion_utils train'")
     weights = {}
-    for key, value in ema.items():
+    for key, value in state["ema"].items():  # load_checkpoint checked that the EMA fits the config
         if not key.startswith("module."):
             continue  # AveragedModel's n_averaged counter
         name = key.removeprefix("module.")
@@ -99,17 +96,11 @@ def export_pretrained(checkpoint_path: str | os.PathLike, out_path: str | os.Pat
                                       f"(largest magnitude {value.abs().max().item():.3g}); it cannot be exported")
             value = half
         weights[name] = value.detach().cpu().clone().contiguous()  # own storage: no shared views saved
-    model = UNet.from_config(config)
-    try:  # refuse to write a file that would not load
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
-    except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint_path}'s EMA weights do not match the network its config describes "
-                              f"({_first_line(err)}); re-train") from None
-    card = {**checkpoint_facts(state, model), **card}
+    card = {**checkpoint_facts(state), **card}
     payload = {"format": PRETRAINED_FORMAT, "config": config.to_dict(), "weights": weights, "card": card}
-    _atomic_write(out_path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(out_path, lambda file: torch.save(payload, file))
     markdown = render_card(out_path.stem, config, card)
-    _atomic_write(out_path.with_suffix(".md"), lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    atomic_write(out_path.with_suffix(".md"), lambda file: file.write(markdown.encode("utf-8")))
     return out_path
 
 
@@ -148,18 +139,6 @@ def _plain(value, where: str):
         return {k: _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
     raise CheckpointError(f"{where} is a {type(value).__name__}; a model card holds only str, int, float, "
                           f"bool, None, lists and dicts")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` into a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a failed or interrupted write: the old file stays, the temp file goes
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,12 +301,7 @@ def load_pretrained(name: str | os.PathLike = "flowers32", device="cpu"):
     state, path = _read(name)
     config = state["config"]
     model = UNet.from_config(config)
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not match the network its config describes "
-                              f"({_first_line(err)}); {_fix(path)}") from None
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()})
     model.card = state["card"]
     model.to(device).eval()
     return model, NoiseSchedule.from_config(config), config
@@ -375,11 +349,6 @@ def _fix(path: Path) -> str:
     return "export it again with 'python -m diffusion_utils export'"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:120]
-
-
 def _read(name) -> tuple[dict, Path]:
     """Read and check a pretrained file; every failure is a one-line :class:`CheckpointError`."""
     path = pretrained_path(name)
@@ -388,12 +357,7 @@ def _read(name) -> tuple[dict, Path]:
             raise CheckpointError(f"pretrained weights {path} are missing; {_fix(path)}")
         raise CheckpointError(f"pretrained file {path} not found; write one with 'python -m diffusion_utils "
                               f"export' or pick a shipped name ({', '.join(available_pretrained()) or 'none installed'})")
-    try:
-        with warnings.catch_warnings():  # torch's own warnings (e.g. about storages) must not leak
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable pretrained file ({_first_line(err)}); {_fix(path)}") from None
+    state = torch_load(path, "pretrained file", "cpu", _fix(path))
     if isinstance(state, dict) and state.get("format") == "diffusion_utils/1":
         raise CheckpointError(f"{path} is a training checkpoint, not a pretrained file; load it with load_model() "
                               f"or 'sample --checkpoint', or convert it with 'python -m diffusion_utils export'")
@@ -407,10 +371,15 @@ def _read(name) -> tuple[dict, Path]:
     if not isinstance(card, dict):
         raise CheckpointError(f"{path} holds a card of type {type(card).__name__}, not a dict; {_fix(path)}")
     try:
-        state["config"] = TrainConfig.from_dict(state["config"])
-    except (KeyError, TypeError, AttributeError, ConfigError) as err:
-        raise CheckpointError(f"{path} holds an invalid config ({_first_line(err)}); {_fix(path)}") from None
-    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        state["config"] = TrainConfig.from_dict(state.get("config"))
+    except ConfigError as err:
+        raise CheckpointError(f"{path} holds an invalid config ({err}); {_fix(path)}") from None
+    with torch.device("meta"):  # the network's shapes, without allocating it
+        problem = weights_problem(weights, UNet.from_config(state["config"]).state_dict())
+    if problem:
+        raise CheckpointError(f"{path}: the weights do not match the network its config describes ({problem}); "
+                              f"{_fix(path)}")
+    bad = first_non_finite(weights)
     if bad is not None:
         raise CheckpointError(f"{path}: weight {bad} holds NaN or infinite values; {_fix(path)}")
     state["card"] = card

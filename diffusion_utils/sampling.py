@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import SAMPLERS, bf16_available, default_steps
+from .config import SAMPLERS, as_int, bf16_available, default_steps
 from .errors import ConfigError
 from .guidance import GuidedModel, class_ids
 from .schedule import NoiseSchedule, at_timesteps
@@ -171,8 +171,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
     """
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer; got {n!r}")
+    n = as_int("n", n, 1)
     T = schedule.n_steps
     if steps is None:
         steps = default_steps(sampler, T)

@@ -7,8 +7,13 @@ Around that loop: AdamW with a linear learning-rate warm-up, gradient-norm clipp
 the weights (``torch.optim.swa_utils.AveragedModel``, with warm-up), bfloat16 autocast on CUDA,
 a tqdm progress bar, a loss history, a fixed-noise sample grid every ``sample_every`` epochs, and a
 checkpoint after every epoch. ``resume=True`` continues from the checkpoint exactly (the same
-losses as an uninterrupted run, on the CPU). Ctrl-C writes a checkpoint before stopping; a NaN
-loss stops the run and names the step.
+losses as an uninterrupted run, on the CPU). Ctrl-C writes a checkpoint before stopping. A NaN
+loss, or weights that became NaN or infinite, stop the run and name the step; only finite weights
+are ever saved, so the checkpoint on disk is the last good one. The output folder is locked for
+the whole run (:func:`~diffusion_utils.files.lock_run_folder`): a second run there is refused.
+
+Steps are counted from 1, as the progress bar and ``on_step`` count them: "step k" in a message
+is the k-th optimiser step of the run, whether it failed (NaN), or was the last one before Ctrl-C.
 
 With labelled data the model is class-conditional (``config.num_classes``): each batch carries
 its labels, and the loss drops them with probability ``p_uncond`` (classifier-free guidance).
@@ -29,15 +34,21 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, check_compatible, first_non_finite, load_checkpoint, load_model,
+                         save_checkpoint)
 from .config import TrainConfig, bf16_available, resolve_device
 from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
+from .files import check_output_folder, lock_run_folder, remove_stale_temp_files
 from .loss import diffusion_loss
 from .model import UNet
 from .sampling import sample, to_uint8
 from .schedule import NoiseSchedule
 from .visualization import plot_epoch_table, plot_loss, save_grid
+
+
+# What train() writes into its output folder ("/" marks a folder), checked before it starts.
+TRAIN_OUTPUTS = (CHECKPOINT_NAME, "loss.png", "epoch_samples.png", "samples/")
 
 
 @dataclass
@@ -155,7 +166,7 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
                           y=None if y is None else y.to(state.device), p_uncond=config.p_uncond)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
-        raise TrainingDiverged(f"loss became {loss_value} at step {state.step} (epoch {state.epoch + 1}); "
+        raise TrainingDiverged(f"loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
                                f"lower lr (now {config.lr}) or check the data")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()  # ∇θ of the loss
@@ -202,6 +213,15 @@ def init_weights_from(state: TrainState, path: str | Path) -> None:
     state.ema.module.load_state_dict(state.model.state_dict())
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train`. ``checkpoint``: the checkpoint a resumed run continues from
+    (None: this run saved none, so there is nothing to resume)."""
+
+    def __init__(self, message: str, checkpoint: Path | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
 def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: ImageDataset | None = None,
           resume: bool = False, init_from: str | Path | None = None, progress: bool = True, on_step=None,
           cache_dir: str | Path | None = None) -> TrainResult:
@@ -219,8 +239,21 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
         progress: show a progress bar.
         on_step: optional ``callback(step, loss)`` after every optimiser step.
         cache_dir: where decoded images are cached (see :mod:`diffusion_utils.data`).
+
+    Raises :class:`TrainingDiverged` when the loss or the weights stop being finite (the last good
+    checkpoint stays), :class:`~diffusion_utils.errors.RunFolderError` when ``out_dir`` cannot be
+    written or another run is using it, and :class:`TrainingInterrupted` on Ctrl-C.
     """
-    out_dir = Path(out_dir)
+    config.validate()  # again: a notebook may have changed a field since the config was built
+    with lock_run_folder(check_output_folder(out_dir, TRAIN_OUTPUTS)) as out_dir:
+        remove_stale_temp_files(out_dir, CHECKPOINT_NAME)  # left by a killed run; no live writer now
+        return _train(config, out_dir, dataset=dataset, resume=resume, init_from=init_from, progress=progress,
+                      on_step=on_step, cache_dir=cache_dir)
+
+
+def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, progress, on_step,
+           cache_dir) -> TrainResult:
+    """:func:`train`, with ``out_dir`` locked."""
     ckpt_path = out_dir / CHECKPOINT_NAME
     device = resolve_device(config.device)
     if dataset is None:
@@ -239,10 +272,16 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
         init_weights_from(state, init_from)
     grid_noise = torch.randn(config.sample_grid_n, 3, config.img_size, config.img_size,
                              generator=torch.Generator().manual_seed(config.seed + 2))
+    saved_step = None  # the step of this run's checkpoint on disk (None: none yet)
     if resume:
         saved = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to device
         check_compatible(saved["config"], config, ckpt_path)
-        state.load_state_dict(saved)
+        try:
+            state.load_state_dict(saved)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(f"{ckpt_path} cannot be resumed ({short_reason(err)}); re-train or pick another "
+                                  f"checkpoint") from None
+        saved_step = state.step
 
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size)
     total_steps = steps_per_epoch * config.num_epochs
@@ -252,6 +291,27 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
     start_time, start_step = time.perf_counter(), state.step
     state.model.train()
+
+    def last_good() -> str:
+        if saved_step is None:
+            return "no checkpoint of this run was written, so there is nothing to resume"
+        return f"the last good checkpoint is {ckpt_path} (step {saved_step})"
+
+    def check_finite() -> None:
+        """Stop, keeping the last good checkpoint, once the weights are no longer finite."""
+        bad = first_non_finite(state.model.state_dict()) or first_non_finite(state.ema.module.state_dict())
+        if bad:
+            raise TrainingDiverged(f"weights became NaN or infinite at step {state.step} (epoch "
+                                   f"{min(state.epoch + 1, config.num_epochs)}, {bad}); lower lr (now {config.lr}) "
+                                   f"or check the data; {last_good()}")
+
+    def save(data_rng_state: torch.Tensor) -> None:
+        """Write the checkpoint: only finite weights are ever saved."""
+        nonlocal saved_step
+        check_finite()
+        save_checkpoint(ckpt_path, state.state_dict(data_rng_state))
+        saved_step = state.step
+
     try:
         with _StopOnCtrlC() as stop:
             while state.epoch < config.num_epochs:  # Algorithm 1: repeat …
@@ -262,22 +322,29 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
                     try:
                         loss_value = train_step(state, x0, y)
                     except TrainingDiverged as err:
-                        last_good = f"; the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else ""
-                        raise TrainingDiverged(f"{err}{last_good}") from None
+                        raise TrainingDiverged(f"{err}; {last_good()}") from None
                     bar.update(1)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{config.num_epochs}", loss=f"{loss_value:.4f}")
                     if on_step is not None:
                         on_step(state.step, loss_value)
                     if stop.requested:
-                        save_checkpoint(ckpt_path, state.state_dict(epoch_start_rng))
-                        raise KeyboardInterrupt(f"interrupted at step {state.step}; checkpoint saved to {ckpt_path}")
+                        save(epoch_start_rng)
+                        raise TrainingInterrupted(f"interrupted after step {state.step} of {total_steps}; "
+                                                  f"checkpoint saved to {ckpt_path}", ckpt_path)
                 state.epoch += 1  # … until converged (here: num_epochs)
                 state.batch_in_epoch = 0
+                check_finite()  # before the epoch's grid too: no figure from broken weights
                 if state.epoch % config.sample_every == 0 or state.epoch == config.num_epochs:
                     grid = _sample_grid(state.ema.module, state.schedule, config, grid_noise)
                     state.epoch_grids[state.epoch] = grid
                     save_grid(grid, out_dir / "samples" / f"epoch_{state.epoch:03d}.png")
-                save_checkpoint(ckpt_path, state.state_dict(state.data_rng.get_state()))
+                save(state.data_rng.get_state())
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, TrainingInterrupted):
+            raise
+        # A second Ctrl-C: stopped at once, mid-step; the checkpoint on disk is intact.
+        raise TrainingInterrupted(f"interrupted during step {state.step + 1} of {total_steps}; {last_good()}",
+                                  ckpt_path if saved_step is not None else None) from None
     finally:
         bar.close()
     seconds = time.perf_counter() - start_time

@@ -7,6 +7,7 @@ Most tests call :func:`diffusion_utils.cli.main` in-process; the end-to-end test
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+import diffusion_utils.cli as cli
 from diffusion_utils import CHECKPOINT_NAME, load_checkpoint
 from diffusion_utils.cli import main
+from diffusion_utils.files import LOCK_NAME
 
 # A train command that finishes in a second or two: the quick preset's 3-level UNet at 16 px,
 # 8 base channels, 32 synthetic images in 2 batches, 20 diffusion steps, 2-step DDIM grids.
@@ -263,3 +266,180 @@ def test_missing_command_or_unknown_flag_is_one_line(capsys):
                  "--pretrained", "b.pt"], ["export"], ["export", "--checkpoint", "a.pth"]):
         assert run_main(argv) == 2
         assert_one_error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation before work: the output folder, sizes, damaged checkpoints, warnings, Ctrl-C, memory
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Fails the test if the train command gets as far as loading data."""
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: pytest.fail("data was loaded before the check"))
+
+
+@pytest.mark.parametrize("case", ["below a file", "read-only", "samples is a file", "locked by another run",
+                                  "empty name"])
+def test_unusable_train_out_exits_2_before_any_work(case, tmp_path, train_out, no_data_loading, capsys):
+    """An --out that train could not write, or that another run holds, is refused before the data
+    is loaded (let alone trained on), in one line, with nothing on disk changed."""
+    (tmp_path / "file").write_text("x")
+    out = {"below a file": tmp_path / "file" / "run", "empty name": ""}.get(case, train_out)
+    if case == "samples is a file":
+        shutil.rmtree(train_out / "samples")
+        (train_out / "samples").write_text("x")
+    fd = None
+    if case == "locked by another run":
+        fcntl = pytest.importorskip("fcntl")
+        fd = os.open(train_out / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242 otherhost\n")
+    before = snapshot(tmp_path)
+    if case == "read-only":
+        train_out.chmod(0o555)
+    try:
+        assert run_main(["train", *TINY_TRAIN, "--out", out]) == 2
+    finally:
+        train_out.chmod(0o755)
+        if fd is not None:
+            os.close(fd)
+    assert_one_error_line(capsys.readouterr().err)
+    assert snapshot(tmp_path) == before
+
+
+TRAIN_SIZE_AND_VALUE_ERRORS = {
+    "diffusion steps in the billions": ["--n-steps", "3000000000"],
+    "image size in the millions": ["--img-size", "1048576"],
+    "epochs in the trillions": ["--epochs", "1000000000000"],
+    "infinite learning rate": ["--lr", "inf"],
+    "NaN beta": ["--beta-end", "nan"],
+    "seed beyond 32 bits": ["--seed", str(2 ** 64)],
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_SIZE_AND_VALUE_ERRORS))
+def test_absurd_or_non_finite_train_values_exit_2_before_any_work(case, train_out, no_data_loading, capsys):
+    before = snapshot(train_out)
+    argv = ["train", "--preset", "quick", "--data", "synthetic", "--out", train_out]
+    assert run_main(argv + TRAIN_SIZE_AND_VALUE_ERRORS[case]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert snapshot(train_out) == before
+
+
+def test_empty_data_is_refused_not_the_current_folder(tmp_path, train_out, monkeypatch, capsys):
+    """--data '' used to train on whatever folder the command ran in."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "stray.png")
+    monkeypatch.setattr(cli, "train", lambda *a, **k: pytest.fail("trained"))
+    before = snapshot(train_out)
+    assert run_main(["train", "--preset", "quick", "--data", "", "--out", train_out]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert snapshot(train_out) == before
+
+
+@pytest.mark.parametrize("argv", [["--n", "3000000000"], ["--n", "10001"], ["--seed", str(2 ** 64)]])
+def test_absurd_sample_sizes_exit_2_naming_the_range(argv, sample_out, capsys):
+    before = snapshot(sample_out)
+    assert run_main(["sample", "--checkpoint", sample_out / CHECKPOINT_NAME, *argv]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert "[" in err and "]" in err  # the allowed range
+    assert snapshot(sample_out) == before
+
+
+def test_unwritable_sample_out_exits_2_before_sampling(checkpoint_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "sample", lambda *a, **k: pytest.fail("sampled before the check"))
+    (tmp_path / "file").write_text("x")
+    assert run_main(["sample", "--checkpoint", checkpoint_copy, "--out", tmp_path / "file" / "x"]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+
+
+DAMAGED = {
+    "missing entry": lambda s: {k: v for k, v in s.items() if k != "ema"},
+    "config of the wrong type": lambda s: {**s, "config": [1, 2, 3]},
+    "weights that disagree with their config": lambda s: {**s, "config": {**s["config"], "time_emb_dim": 32}},
+    "non-finite weights": lambda s: {**s, "ema": {k: v * float("inf") if v.is_floating_point() else v
+                                                  for k, v in s["ema"].items()}},
+}
+
+
+@pytest.mark.parametrize("case, command", [("missing entry", "sample"), ("config of the wrong type", "resume"),
+                                           ("weights that disagree with their config", "export"),
+                                           ("non-finite weights", "sample")])
+def test_damaged_checkpoint_exits_2_with_one_line_for_every_command(case, command, sample_out, capsys):
+    """The one reader: sample, train --resume and export all refuse a damaged checkpoint in one
+    line, without a torch warning, before writing anything."""
+    path = sample_out / CHECKPOINT_NAME
+    torch.save(DAMAGED[case](torch.load(path, weights_only=True)), path)
+    before = snapshot(sample_out)
+    argv = {"sample": ["sample", "--checkpoint", path, "--n", "2"],
+            "resume": ["train", "--resume", "--out", sample_out, "--no-progress"],
+            "export": ["export", "--checkpoint", path, "--out", sample_out / "m.pt"]}[command]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err)
+    assert str(path) in err and "damaged" in err
+    assert snapshot(sample_out) == before
+
+
+def test_warnings_are_one_line_each(checkpoint_copy, capsys):
+    """A stale lock is taken over with a note; the CLI prints it (like every warning) as one line."""
+    out = checkpoint_copy.parent
+    checkpoint_copy.unlink()
+    (out / LOCK_NAME).write_text("999999 somehost\n")
+    assert run_main(["train", "--resume", "--out", out]) == 2  # no checkpoint: refused after taking the lock
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("warning: took over the lock") and "pid 999999" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("error: ")
+    assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("case", ["fresh", "resume", "sample"])
+def test_ctrl_c_before_the_first_checkpoint_says_what_there_is_to_resume(case, checkpoint_copy, tmp_path,
+                                                                         monkeypatch, capsys):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_dataset", ctrl_c)
+    monkeypatch.setattr(cli, "sample", ctrl_c)
+    argv = {"fresh": ["train", *TINY_TRAIN, "--out", tmp_path / "new"],
+            "resume": ["train", "--resume", "--out", checkpoint_copy.parent, "--epochs", "3"],
+            "sample": ["sample", "--checkpoint", checkpoint_copy, "--out", tmp_path / "s"]}[case]
+    assert run_main(argv) == 130
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()[-1]  # after the line that announces the work, if any
+    assert "Traceback" not in stderr and err.startswith("interrupted")
+    if case == "fresh":
+        assert "nothing to resume" in err and not (tmp_path / "new").exists()
+    elif case == "resume":
+        assert f"--resume --out {checkpoint_copy.parent}" in err
+    else:
+        assert "--resume" not in err
+
+
+def test_out_of_memory_is_one_line(checkpoint_copy, tmp_path, monkeypatch, capsys):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
+
+    monkeypatch.setattr(cli, "sample", oom)
+    assert run_main(["sample", "--checkpoint", checkpoint_copy, "--out", tmp_path / "s"]) == 2
+    announced, error = capsys.readouterr().err.strip().splitlines()  # "Sampling 64 images …", then one line
+    assert announced.startswith("Sampling") and error.startswith("error: out of memory") and "--n" in error
+
+
+def test_sample_generates_in_batches(checkpoint_copy, tmp_path, monkeypatch):
+    """--n above the batch size is drawn a batch at a time, so memory stays flat for any --n."""
+    sizes = []
+    real = cli.sample
+
+    def counting(model, schedule, n, **kwargs):
+        sizes.append(n)
+        return real(model, schedule, n, **kwargs)
+
+    monkeypatch.setattr(cli, "sample", counting)
+    monkeypatch.setattr(cli, "SAMPLE_BATCH", 3)
+    argv = ["sample", "--checkpoint", checkpoint_copy, "--steps", 2, "--frames", 2, "--no-progress", "--n", 4,
+            "--out", tmp_path]
+    assert run_main(argv) == 0
+    assert sizes == [3, 1]
+    with Image.open(tmp_path / "samples_grid.png") as grid:
+        assert grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 4 images of 16 px, 2 per row

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from diffusion_utils import DATA_ENV, PRESET_ENV, ConfigError, TrainConfig, UNet
@@ -171,3 +174,57 @@ def test_new_fields_round_trip_and_default_when_missing():
     assert restored == c.replace(prediction="eps", loss_weighting="none", snr_gamma=5.0, ema_gamma=6.94)
     with pytest.raises(ConfigError, match="prediction"):
         TrainConfig.from_dict({**d, "prediction": "x0"})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_epochs", True), ("batch_size", 16.0), ("img_size", "32"), ("seed", None), ("max_images", 2.5),
+    ("lr", "1e-3"), ("lr", None), ("beta_start", True), ("bf16", 1), ("bf16", "yes"), ("data", 3),
+    ("channel_mults", (1.5, 2, 2, 2)), ("channel_mults", "1222"), ("attention_levels", (True,)),
+    ("sample_steps", 5.0),
+])
+def test_wrong_types_raise_config_error_naming_the_field(field, value):
+    """A bool for a count, a float or a string for an integer, an int for a bool: one line naming the field."""
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{field: value})
+    message = str(info.value)
+    assert message.startswith(field) and "\n" not in message
+
+
+@pytest.mark.parametrize("field", ["lr", "beta_start", "beta_end", "dropout", "weight_decay", "grad_clip",
+                                   "ema_decay", "ema_gamma", "snr_gamma"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_hyperparameters_are_refused_when_the_config_is_built(field, value):
+    with pytest.raises(ConfigError, match=f"^{field} must be a finite number"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("n_steps", 3_000_000_000), ("img_size", 2 ** 20), ("batch_size", 10 ** 9),
+                                          ("num_epochs", 10 ** 12), ("base_channels", 10 ** 6), ("seed", 2 ** 64)])
+def test_absurd_sizes_are_refused_with_the_allowed_range(field, value):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{field: value})
+    assert str(info.value).startswith(f"{field} must be an integer in [")
+
+
+def test_numpy_numbers_paths_and_lists_are_accepted_as_plain_types():
+    """What notebooks pass: numpy integers and floats, pathlib paths for data, lists for tuples;
+    stored as plain Python types (so a checkpoint holding the config loads with weights_only)."""
+    c = TrainConfig(num_epochs=np.int64(3), batch_size=np.int32(8), lr=np.float32(1e-3), seed=np.uint8(7),
+                    data=Path("some/folder"), data_root=Path("/data"), channel_mults=[1, np.int64(2), 2, 2])
+    assert (c.num_epochs, c.batch_size, c.seed) == (3, 8, 7) and type(c.num_epochs) is int and type(c.lr) is float
+    assert c.data == "some/folder" and c.data_root == "/data" and c.channel_mults == (1, 2, 2, 2)
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert TrainConfig(lr=1).lr == 1.0  # an int is a fine float
+
+
+def test_from_dict_of_a_non_dict_names_the_problem():
+    with pytest.raises(ConfigError, match="must be a dict"):
+        TrainConfig.from_dict(["lr", 1e-3])
+
+
+def test_a_config_changed_after_it_was_built_is_checked_again():
+    """validate() (which train() calls first) catches a field set to a bad value after construction."""
+    c = TrainConfig()
+    c.lr = float("inf")
+    with pytest.raises(ConfigError, match="lr"):
+        c.validate()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shutil
 import urllib.error
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from PIL import Image
 
 import diffusion_utils.data as data
-from diffusion_utils import DataError, ImageDataset, load_dataset, make_synthetic_flowers
+from diffusion_utils import ConfigError, DataError, DiffusionError, ImageDataset, load_dataset, make_synthetic_flowers
 from diffusion_utils.data import FLOWERS102_MIRRORS, cache_path_for, epoch_batches, preprocess
 
 
@@ -272,13 +274,15 @@ def test_empty_or_missing_folder_raises_one_line_data_error(tmp_path, case):
 
 
 def test_folder_of_only_corrupt_images_raises_data_error(tmp_path):
-    """If no file decodes, that is a DataError, not an empty dataset."""
+    """If no file decodes, that is a DataError (one line, no warning beside it), not an empty dataset."""
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "x.png").write_bytes(b"nope")
-    with pytest.warns(UserWarning), pytest.raises(DataError) as info:
-        load_dataset(str(folder), S, cache_dir=tmp_path / "cache", progress=False)
-    one_line(info.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError) as info:
+            load_dataset(str(folder), S, cache_dir=tmp_path / "cache", progress=False)
+    assert "x.png" in one_line(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,3 +408,95 @@ def test_real_shared_flowers102_copy(flowers_root, tmp_path):
     assert all(img.numpy().tobytes() in full_rows for img in sub.images)
     after = sorted(p.name for p in base.iterdir()) + sorted(p.name for p in flowers_root.iterdir())
     assert before == after
+
+
+# ---------------------------------------------------------------------------------------------
+# What notebooks and users pass, and images PIL refuses
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["decompression bomb", "truncated png", "not an image", "empty file"])
+def test_images_pil_refuses_are_skipped_with_one_counting_warning(kind, tmp_path, monkeypatch):
+    """Whatever PIL refuses (here a decompression bomb, a truncated PNG, text, nothing) is skipped:
+    one warning that counts the skipped files; large images PIL only warns about decode quietly."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(_gradient(8, 8)).save(folder / f"ok{i}.png")  # 64 pixels
+    Image.fromarray(_gradient(12, 12)).save(folder / "large_but_fine.png")  # 144: above the limit, below twice it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    bad = folder / "bad.png"
+    if kind == "decompression bomb":
+        Image.fromarray(_gradient(32, 32)).save(bad)  # 1024 > 2 × 100 pixels: PIL raises DecompressionBombError
+    elif kind == "truncated png":
+        Image.fromarray(_gradient(8, 8)).save(bad)
+        bad.write_bytes(bad.read_bytes()[:60])
+    else:
+        bad.write_bytes(b"" if kind == "empty file" else b"hello")
+    with pytest.warns(UserWarning) as record:
+        ds = load_dataset(folder, S, cache_dir=tmp_path / "cache", progress=False)
+    assert len(ds) == 3
+    messages = [str(w.message) for w in record]
+    assert messages == [f"skipped 1 unreadable image(s) in {folder}, e.g. bad.png"]
+
+
+def test_paths_and_numpy_numbers_are_accepted(image_folder, tmp_path):
+    """load_dataset takes a pathlib.Path (or any os.PathLike) and numpy integers, as notebooks pass them."""
+    folder, _ = image_folder
+    kw = dict(cache_dir=tmp_path / "cache", progress=False)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        as_path = load_dataset(folder, np.int64(S), max_images=np.int32(4), seed=np.uint8(1), **kw)
+    assert torch.equal(as_path.images, load_dataset(str(folder), S, max_images=4, seed=1, **kw).images)
+    assert len(load_dataset("synthetic", np.int64(8), max_images=np.int64(3))) == 3
+
+
+@pytest.mark.parametrize("source", ["", "   "])
+def test_an_empty_data_source_is_refused_not_the_current_folder(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(_gradient(8, 8)).save(tmp_path / "stray.png")  # would be trained on if '' meant '.'
+    with pytest.raises(DataError) as info:
+        load_dataset(source, S, cache_dir=tmp_path / "cache", progress=False)
+    assert "flowers102" in one_line(info.value) and "synthetic" in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(img_size=True), "img_size"), (dict(img_size=16.0), "img_size"), (dict(img_size=10 ** 6), "img_size"),
+    (dict(max_images=0), "max_images"), (dict(max_images="10"), "max_images"), (dict(seed=-1), "seed"),
+    (dict(max_images=10 ** 9), "max_images"),  # synthetic images are drawn in memory: a range, not terabytes
+])
+def test_bad_counts_name_the_argument_and_the_range(kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        load_dataset("synthetic", **{"img_size": S, **kwargs})
+    assert one_line(info.value).startswith(field)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_failed_download_leaves_no_folders_behind(partial, tmp_path, monkeypatch):
+    """No network (urllib itself fails, under torchvision's real download functions), or a
+    download that breaks off after writing part of the archive: every folder the attempt
+    created is removed again, and the error is one line."""
+
+    def offline(request, *args, **kwargs):
+        if partial:
+            folder = tmp_path / "root" / "deeper" / "flowers-102"
+            (folder / "102flowers.tgz").write_bytes(b"half an archive")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(DataError) as info:
+        load_dataset("flowers102", S, root=tmp_path / "root" / "deeper", download=True, cache_dir=tmp_path / "c",
+                     progress=False)
+    assert "could not download" in one_line(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+
+
+@pytest.mark.parametrize("case", ["data root below a file", "data is a file"])
+def test_a_file_where_a_folder_belongs_is_one_line_before_any_download(case, tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DiffusionError) as info:
+        if case == "data is a file":
+            load_dataset(tmp_path / "file", S, cache_dir=tmp_path / "c", progress=False)
+        else:
+            load_dataset("flowers102", S, root=tmp_path / "file" / "root", cache_dir=tmp_path / "c", progress=False)
+    assert "is a file" in one_line(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 import diffusion_utils.training as training
-from diffusion_utils import (CHECKPOINT_NAME, CheckpointError, ConfigError, TrainingDiverged,
-                             load_checkpoint, load_dataset, load_model, make_ema, save_checkpoint, train)
+from diffusion_utils import (CHECKPOINT_NAME, CheckpointError, ConfigError, RunFolderError, TrainingDiverged,
+                             TrainingInterrupted, load_checkpoint, load_dataset, load_model, make_ema,
+                             save_checkpoint, train)
 from diffusion_utils.checkpoint import check_compatible
 from diffusion_utils.loss import diffusion_loss
 from diffusion_utils.training import TrainState, ema_decay_at, train_step
@@ -118,8 +119,9 @@ def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(run_a, tmp_path, da
         if step == k:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt, match=f"interrupted at step {k}"):
+    with pytest.raises(TrainingInterrupted, match=f"interrupted after step {k} of 8; checkpoint saved") as info:
         train(config(), tmp_path, dataset=dataset, progress=False, on_step=interrupt_at_k)
+    assert info.value.checkpoint == tmp_path / CHECKPOINT_NAME
     assert signal.getsignal(signal.SIGINT) is handler_before  # the Ctrl-C handler is uninstalled
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (k, 1, 2)
@@ -134,23 +136,34 @@ def test_ctrl_c_mid_epoch_saves_and_resume_continues_exactly(run_a, tmp_path, da
 
 
 def test_nan_loss_raises_training_diverged_naming_the_step(tmp_path, dataset, monkeypatch):
-    """A NaN loss at the 3rd step stops training with TrainingDiverged naming step 2 (0-based
-    count of completed steps) and the learning rate; no optimiser step is taken on it."""
+    """A NaN loss in the 6th step (epoch 2) stops training with TrainingDiverged naming step 6
+    (counted from 1, as on_step and Ctrl-C count), the learning rate and the last good
+    checkpoint (step 4), which is left as it was; no optimiser step is taken on it."""
+    bad_call = 6
     real_loss = training.diffusion_loss
     calls = []
 
     def loss_with_nan_at_third_call(*args, **kwargs):
         calls.append(1)
         loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 3 else loss
+        return loss * float("nan") if len(calls) == bad_call else loss
 
     monkeypatch.setattr(training, "diffusion_loss", loss_with_nan_at_third_call)
-    seen = []
+    seen, saved = [], {}
+    ckpt = tmp_path / CHECKPOINT_NAME
+
+    def record(step, loss):
+        seen.append(step)
+        if ckpt.exists() and not saved:
+            saved["bytes"] = ckpt.read_bytes()
+
     with pytest.raises(TrainingDiverged) as info:
-        train(config(), tmp_path, dataset=dataset, progress=False, on_step=lambda s, l: seen.append(s))
+        train(config(), tmp_path, dataset=dataset, progress=False, on_step=record)
     message = str(info.value)
-    assert "\n" not in message and "nan" in message and "at step 2 " in message and "lr" in message
-    assert seen == [1, 2]
+    assert "\n" not in message and "nan" in message and f"at step {bad_call} " in message and "lr" in message
+    assert seen == list(range(1, bad_call))
+    assert f"the last good checkpoint is {ckpt} (step {STEPS_PER_EPOCH})" in message
+    assert ckpt.read_bytes() == saved["bytes"]
 
 
 def test_huge_learning_rate_diverges(tmp_path, dataset):
@@ -159,8 +172,76 @@ def test_huge_learning_rate_diverges(tmp_path, dataset):
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf|-inf) at step \d+") as info:
         train(config(lr=1e30, lr_warmup_steps=0), tmp_path, dataset=dataset, progress=False,
               on_step=lambda s, l: seen.append(s))
-    assert f"at step {len(seen)} " in str(info.value)
+    assert f"at step {len(seen) + 1} " in str(info.value)
     assert len(seen) < 2 * STEPS_PER_EPOCH
+
+
+def test_weights_that_become_non_finite_are_never_saved(tmp_path, monkeypatch):
+    """Weights that turn NaN in the last step of epoch 2 (the loss of that step was still finite;
+    16 images, one step per epoch): the run stops before that epoch's grid and checkpoint, naming
+    step 2 and the last good checkpoint (step 1), which stays byte for byte what epoch 1 wrote."""
+    ckpt, saved = tmp_path / CHECKPOINT_NAME, {}
+    real_step = training.train_step
+
+    def step_then_poison(state, x0):
+        if state.step == 1:
+            saved["bytes"] = ckpt.read_bytes()
+        loss = real_step(state, x0)
+        if state.step == 2:
+            with torch.no_grad():
+                next(state.model.parameters()).view(-1)[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "train_step", step_then_poison)
+    with pytest.raises(TrainingDiverged) as info:
+        train(config(max_images=16), tmp_path, dataset=load_dataset("synthetic", 16, max_images=16), progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "weights became NaN or infinite at step 2 (epoch 2" in message
+    assert f"the last good checkpoint is {ckpt} (step 1)" in message
+    assert ckpt.read_bytes() == saved["bytes"]
+    assert (tmp_path / "samples" / "epoch_001.png").exists() and not (tmp_path / "samples" / "epoch_002.png").exists()
+
+
+def test_a_second_ctrl_c_in_the_first_epoch_leaves_nothing_to_resume(tmp_path, dataset):
+    """A KeyboardInterrupt that is not the handled first Ctrl-C (here: raised in step 2) stops
+    at once; before the first checkpoint, TrainingInterrupted says there is nothing to resume."""
+
+    def second_ctrl_c(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(config(), tmp_path, dataset=dataset, progress=False, on_step=second_ctrl_c)
+    assert info.value.checkpoint is None and "nothing to resume" in str(info.value)
+    assert "of 8" in str(info.value) and not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_train_refuses_a_locked_or_unwritable_folder_before_loading_data(tmp_path, monkeypatch):
+    """From Python too: a folder below a file, or a folder another run holds, fails before any
+    data is loaded (dataset=None would load it) and leaves the disk as it was."""
+    monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        train(config(), tmp_path / "file" / "run", progress=False)
+    fcntl = pytest.importorskip("fcntl")
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / ".diffusion_utils.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunFolderError, match="in use"):
+            train(config(), tmp_path / "run", progress=False)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [".diffusion_utils.lock", "file", "run"]
+
+
+def test_train_removes_stale_temporary_checkpoints(tmp_path, dataset):
+    """A killed run's temporary checkpoint file goes as soon as the next run holds the folder."""
+    stale = tmp_path / f".{CHECKPOINT_NAME}.12345-0badc0de.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    with pytest.raises(CheckpointError, match="not found"):  # resume without a checkpoint: refused after locking
+        train(config(), tmp_path, dataset=dataset, resume=True, progress=False)
+    assert not stale.exists()
 
 
 def test_resume_with_a_different_architecture_raises(checkpoint_copy, dataset):
