@@ -318,6 +318,8 @@ def test_flowers102_loads_the_present_images_of_all_three_splits(flowers_root, t
     expected = torch.stack([preprocess(Image.open(jpg / f"image_{i:05d}.jpg"), S) for i in order])
     assert torch.equal(ds.images, expected)
     # Each image keeps its official label (imagelabels.mat is 1-based; ours are 0-based).
+    from scipy.io import loadmat
+
     official = loadmat(root / "flowers-102" / "imagelabels.mat", squeeze_me=True)["labels"]
     assert ds.labels.tolist() == [int(official[i - 1]) - 1 for i in order]
     assert ds.num_classes == 102 and ds.class_names[0] == "pink primrose" and ds.class_names[53] == "sunflower"

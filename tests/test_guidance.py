@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config, tiny_unet
-from diffusion_utils import (ConfigError, NoiseSchedule, TrainConfig, diffusion_loss, load_checkpoint,
+from diffusion_utils import (ConfigError, TrainConfig, diffusion_loss, load_checkpoint,
                              load_dataset, load_model, make_synthetic_flowers, sample, train)
 from diffusion_utils.cli import main
 from diffusion_utils.data import SYNTHETIC_CLASS_NAMES, epoch_batches
