@@ -148,7 +148,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         img_size: H = W of the images (default: ``model.img_size``).
         sampler: ``"ddpm"`` (T ancestral steps), ``"ddim"`` or ``"dpmpp"``.
         steps: network calls per image (default: T for ddpm, 50 for the others). For ``ddpm`` it
-            must be T; the ancestral sampler cannot skip steps.
+            must be T (t_start + 1 with ``t_start``); the ancestral sampler cannot skip steps.
         eta: DDIM only: 0 = deterministic, 1 = DDPM-like noise.
         spacing: which timesteps a fast sampler visits (see the module docstring).
         clip_x0: clamp the predicted x̂₀ to [-1, 1] at every step.
