@@ -159,3 +159,14 @@ def test_images_must_be_a_float_batch(model, schedule20):
         sdedit(model, schedule20, torch.zeros(3, 16, 16), 0.5, progress=False)
     with pytest.raises(ConfigError, match="channels"):
         inpaint(model, schedule20, torch.zeros(1, 1, 16, 16), torch.ones(16, 16), progress=False)
+
+
+@pytest.mark.parametrize("edit", ["sdedit", "inpaint"])
+@pytest.mark.parametrize("kwargs, message", [(dict(classes="tulip"), "unknown class"), (dict(classes=7), "class id"),
+                                             (dict(classes="daisy", guidance_scale=float("nan")), "guidance_scale")])
+def test_bad_class_or_guidance_in_an_edit_is_one_line(model, schedule20, edit, kwargs, message):
+    run = (lambda: sdedit(model, schedule20, originals(), 0.5, steps=2, progress=False, **kwargs)) if edit == "sdedit" \
+        else (lambda: inpaint(model, schedule20, originals(), torch.ones(16, 16), steps=2, progress=False, **kwargs))
+    with pytest.raises(ConfigError, match=message) as err:
+        run()
+    assert "\n" not in str(err.value)
