@@ -75,11 +75,16 @@ def throughput(config: TrainConfig, images: torch.Tensor, steps: int = 6) -> flo
     return steps * config.batch_size / (time.perf_counter() - start)
 
 
-def samples_of(model, schedule, n: int, batch: int = 250) -> torch.Tensor:
-    """``n`` DPM-Solver++ (20 steps) samples as uint8, seeded, in batches."""
+def samples_of(model, schedule, n: int, batch: int = 250, steps: int = 20, classes: torch.Tensor | None = None,
+               guidance_scale: float | None = None) -> torch.Tensor:
+    """``n`` DPM-Solver++ (``steps``) samples as uint8, seeded, in batches; with ``classes`` (n,)
+    class ids, sample i is of class i, guided with ``guidance_scale``."""
     generator = torch.Generator().manual_seed(0)
-    out = [to_uint8(sample(model, schedule, min(batch, n - i), sampler="dpmpp", steps=20,
-                           generator=generator, progress=False)) for i in range(0, n, batch)]
+    out = [to_uint8(sample(model, schedule, min(batch, n - i), sampler="dpmpp", steps=steps,
+                           generator=generator, progress=False,
+                           classes=None if classes is None else classes[i:i + batch],
+                           guidance_scale=None if classes is None else guidance_scale))
+           for i in range(0, n, batch)]
     return torch.cat(out)
 
 

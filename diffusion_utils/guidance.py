@@ -76,8 +76,9 @@ class GuidedModel(torch.nn.Module):
     """A class-conditional model with its classes and guidance scale fixed, called like any model.
 
     ``forward(x, t)`` returns ε_∅ + w (ε_c − ε_∅) (or the same mix of v), for ``classes`` (B,)
-    int64. w = 0 and w = 1 run only the branch they need, so they equal the unconditional and
-    the conditional model exactly; other w run both branches as one batch of 2B.
+    int64, or (B, num_classes + 1) float weights that mix class embeddings (for interpolation).
+    w = 0 and w = 1 run only the branch they need, so they equal the unconditional and the
+    conditional model exactly; other w run both branches as one batch of 2B.
     """
 
     def __init__(self, model: torch.nn.Module, classes: torch.Tensor, guidance_scale: float):
@@ -93,7 +94,10 @@ class GuidedModel(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         w, b = self.guidance_scale, x.shape[0]
         c = self.classes.to(x.device)
-        null = torch.full_like(c, self.model.null_class)
+        if c.is_floating_point():  # weights over the class embeddings: ∅ is its one-hot row
+            null = torch.zeros_like(c).index_fill_(-1, torch.tensor([self.model.null_class], device=x.device), 1.0)
+        else:
+            null = torch.full_like(c, self.model.null_class)
         if w == 0:
             return self.model(x, t, null)
         if w == 1:

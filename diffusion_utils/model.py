@@ -160,7 +160,8 @@ class UNet(nn.Module):
         class_names: one name per class (kept for sampling by name; no weight).
 
     ``forward(x, t, y=None)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1], y (B,) int64 class
-    ids in [0, num_classes] (num_classes = ∅; None: all ∅) → ε̂ (or v̂) of x's shape.
+    ids in [0, num_classes] (num_classes = ∅; None: all ∅), or (B, num_classes + 1) float weights
+    that mix the class embeddings (see :meth:`embed_classes`) → ε̂ (or v̂) of x's shape.
     """
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64,
@@ -227,6 +228,14 @@ class UNet(nn.Module):
         """The id of the "no class" token ∅ (``num_classes``)."""
         return self.num_classes
 
+    def embed_classes(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+        """The class embedding (batch, time_emb_dim) of ``y``: (B,) int64 ids pick rows; (B,
+        num_classes + 1) float weights mix the rows linearly — a point between classes, which is
+        how :func:`~diffusion_utils.interpolation.interpolate` walks from one species to another."""
+        if y.is_floating_point():
+            return y.reshape(-1, self.num_classes + 1).expand(batch, -1) @ self.class_embedding.weight
+        return self.class_embedding(y.reshape(-1).expand(batch))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] % self.min_divisor or x.shape[-2] % self.min_divisor:
             raise ConfigError(f"image height and width must be divisible by {self.min_divisor}; "
@@ -236,7 +245,7 @@ class UNet(nn.Module):
         if self.num_classes:
             if y is None:
                 y = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
-            t_emb = t_emb + self.class_embedding(y.to(x.device).reshape(-1).expand(x.shape[0]))
+            t_emb = t_emb + self.embed_classes(y.to(x.device), x.shape[0])
         elif y is not None:
             raise ConfigError("this model is unconditional (trained without labels); sample without classes")
         h = self.stem(x)

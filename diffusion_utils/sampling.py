@@ -22,6 +22,7 @@ is a known source of washed-out, low-contrast samples with few steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -136,7 +137,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
            generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
            device=None, bf16: bool = True, return_trajectory: bool = False,
            trajectory_frames: int | None = None, progress: bool = True,
-           classes=None, guidance_scale: float | None = None):
+           classes=None, guidance_scale: float | None = None, t_start: int | None = None,
+           after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None):
     """Generate ``n`` images with the chosen sampler. Returns images in [-1, 1], (n, C, H, W).
 
     Args:
@@ -146,7 +148,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         img_size: H = W of the images (default: ``model.img_size``).
         sampler: ``"ddpm"`` (T ancestral steps), ``"ddim"`` or ``"dpmpp"``.
         steps: network calls per image (default: T for ddpm, 50 for the others). For ``ddpm`` it
-            must be T; the ancestral sampler cannot skip steps.
+            must be T (t_start + 1 with ``t_start``); the ancestral sampler cannot skip steps.
         eta: DDIM only: 0 = deterministic, 1 = DDPM-like noise.
         spacing: which timesteps a fast sampler visits (see the module docstring).
         clip_x0: clamp the predicted x̂₀ to [-1, 1] at every step.
@@ -165,6 +167,13 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         guidance_scale: classifier-free guidance w (see :mod:`~diffusion_utils.guidance`):
             ε̂ = ε_∅ + w (ε_c − ε_∅); 0 is unconditional, 1 (the default) plain conditional, > 1
             more typical and less diverse. Needs ``classes``.
+        t_start: start part-way down instead of at pure noise: ``x_T`` is then an image noised
+            to this code timestep (in [0, T−1]; default T−1, pure noise), and the ``steps``
+            timesteps are spread over [0, t_start] with the same spacing rule. ``ddpm`` takes all
+            t_start + 1 of them. SDEdit (:mod:`~diffusion_utils.editing`) starts here.
+        after_step: ``after_step(x, t)`` is called after every step with the new state and its
+            code timestep t (−1 for the final image) and returns the state to continue from.
+            Inpainting uses it to put the known pixels back; None changes nothing.
 
     Returns:
         ``images`` or, with ``return_trajectory``, ``(images, trajectory)``.
@@ -173,14 +182,19 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         raise ConfigError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
     n = as_int("n", n, 1)
     T = schedule.n_steps
+    if t_start is None:
+        t_start = T - 1
+    elif not isinstance(t_start, int) or not 0 <= t_start < T:
+        raise ConfigError(f"t_start must be an integer code timestep in [0, {T - 1}]; got {t_start!r}")
     if steps is None:
-        steps = default_steps(sampler, T)
-    if sampler == "ddpm" and steps != T:
-        raise ConfigError(f"the ddpm sampler takes all {T} steps; got steps={steps} "
+        steps = t_start + 1 if sampler == "ddpm" else min(default_steps(sampler, T), t_start + 1)
+    if sampler == "ddpm" and steps != t_start + 1:
+        raise ConfigError(f"the ddpm sampler takes all {t_start + 1} steps; got steps={steps} "
                           f"(use sampler='ddim' or 'dpmpp' for fewer)")
     if not 0.0 <= eta <= 1.0:
         raise ConfigError(f"eta must be in [0, 1]; got {eta}")
-    ts = timesteps_for(T, steps, spacing if sampler != "ddpm" else "trailing")
+    # Spread the steps over the t_start + 1 timesteps [0, t_start] (all T of them by default).
+    ts = timesteps_for(t_start + 1, steps, spacing if sampler != "ddpm" else "trailing")
     if classes is not None:
         model = GuidedModel(model, class_ids(classes, model, n), 1.0 if guidance_scale is None else guidance_scale)
     elif guidance_scale is not None:
@@ -216,6 +230,8 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
                 x_new, x0_hat = _dpmpp_2m_step(model, schedule, x, t, t_next, x0_prev,
                                                ts[i - 1] if i > 0 else None, clip_x0, bf16)
                 x0_prev = x0_hat
+            if after_step is not None:
+                x_new = after_step(x_new, t_next)
             if recorder is not None:
                 recorder.add(t + 1, x, x0_hat)
             x = x_new

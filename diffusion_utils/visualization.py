@@ -153,11 +153,25 @@ def save_animation(trajectory: Trajectory, path: str | os.PathLike, n_frames: in
     """
     keep = frame_indices(len(trajectory), n_frames, late)
     grids = trajectory_grids(trajectory, max_images)
-    frames = np.stack([grids[k].repeat(scale, 0).repeat(scale, 1) for k in keep])
-    durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
+    return save_gif([grids[k] for k in keep], path, frame_ms, hold_ms, scale)
+
+
+def save_gif(frames, path: str | os.PathLike, frame_ms: int = 80, hold_ms: int | None = None,
+             scale: int = 1, bounce: bool = False) -> Path:
+    """A looping GIF of ``frames``: uint8 HWC arrays, or a batch of images (F, 3, H, W) (uint8 or
+    in [-1, 1]), one per frame — e.g. an interpolation strip. Each frame is upscaled ``scale``×
+    (nearest neighbour); ``hold_ms`` holds the last frame; ``bounce`` plays back to the start."""
+    if torch.is_tensor(frames):
+        frames = [grid_image(image[None], padding=0) for image in frames]
+    frames = [np.asarray(f).repeat(scale, 0).repeat(scale, 1) for f in frames]
+    durations = [frame_ms] * len(frames)
+    if hold_ms is not None:
+        durations[-1] = hold_ms
+    if bounce:
+        frames, durations = frames + frames[-2:0:-1], durations + [frame_ms] * (len(frames) - 2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, frames, extension=".gif", duration=durations, loop=0)
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=durations, loop=0)
     return path
 
 

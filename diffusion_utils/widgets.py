@@ -1,9 +1,9 @@
-"""An interactive slider that scrubs through the denoising steps of a generated batch.
+"""Interactive widgets: a slider through the denoising steps, and a guidance-scale explorer.
 
-Built only from ``IntSlider``, ``Image``, ``Play``, ``observe`` and ``widgets.link`` — the API
-that ipywidgets 7.7 (Colab) and 8 (JupyterLab 4) share. Every frame is encoded to PNG once, up
-front, so moving the slider only swaps bytes in the ``Image`` widget: no re-plotting, no
-``Output`` widget (which is what ``interact`` uses, and what breaks under nbval).
+Built only from ``IntSlider``, ``FloatSlider``, ``Dropdown``, ``Image``, ``Label``, ``Play``,
+``observe`` and ``widgets.link`` — the API that ipywidgets 7.7 (Colab) and 8 (JupyterLab 4)
+share. Pictures are PNG bytes swapped into an ``Image`` widget: no re-plotting, no ``Output``
+widget (which is what ``interact`` uses, and what breaks under nbval).
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from __future__ import annotations
 import io
 
 import ipywidgets as widgets
+import torch
 from PIL import Image
 
-from .sampling import Trajectory
-from .visualization import trajectory_grids
+from .errors import ConfigError
+from .guidance import check_guidance_scale, class_ids
+from .sampling import Trajectory, sample
+from .visualization import grid_image, trajectory_grids
 
 
 def encode_png(array) -> bytes:
@@ -70,3 +73,73 @@ class DenoisingSlider(widgets.VBox):
 def denoising_slider(trajectory: Trajectory, **kwargs) -> DenoisingSlider:
     """Build a :class:`DenoisingSlider` (see its arguments)."""
     return DenoisingSlider(trajectory, **kwargs)
+
+
+class GuidanceWidget(widgets.VBox):
+    """Species dropdown + guidance-scale slider + image: samples of that class at that w.
+
+    The starting noise is drawn once from ``seed``, so moving the slider changes only the guidance
+    (and the dropdown only the class): what you see is the effect of w, not of new noise. Each
+    (class, w) is sampled on first view — a deterministic sampler, a few images — and kept, so going
+    back is instant. Attributes: ``dropdown``, ``slider``, ``image``, ``label`` and ``pngs`` (the
+    encoded grids by (class id, w)). Set ``dropdown.value`` / ``slider.value`` to move them in code.
+
+    Args:
+        model, schedule: a class-conditional model (``model.num_classes > 0``) and its schedule.
+        classes: the choices, names or ids (default: every class of the model).
+        n: images per view, from seeds fixed by ``seed``.
+        scales: (min, max, step) of the guidance slider; ``value`` its starting position.
+        sampler, steps: a deterministic sampler keeps the noise → image map fixed.
+        scale: upscale factor for display; nrow: images per row.
+    """
+
+    def __init__(self, model, schedule, classes=None, n: int = 8, seed: int = 0, value: float = 1.0,
+                 scales: tuple[float, float, float] = (0.0, 8.0, 0.5), sampler: str = "dpmpp",
+                 steps: int = 20, scale: int = 3, nrow: int | None = None):
+        names = list(getattr(model, "class_names", ()))
+        choices = list(classes) if classes is not None else list(range(getattr(model, "num_classes", 0)))
+        if not choices:
+            class_ids(0, model, 1)  # an unconditional model: a one-line ConfigError that says so
+            raise ConfigError("GuidanceWidget needs at least one class to choose from")
+        ids = class_ids(choices, model, len(choices)).tolist()  # a one-line ConfigError if one is wrong
+        options = [(names[i] if i < len(names) else f"class {i}", i) for i in ids]
+        self.names = dict((i, name) for name, i in options)
+        low, high, step = (check_guidance_scale(v) for v in scales)
+        self.model, self.schedule = model, schedule
+        self.sampler, self.steps, self.scale, self.nrow = sampler, steps, scale, nrow
+        size = model.img_size
+        self.x_T = torch.randn(n, getattr(model, "in_channels", 3), size, size,
+                               generator=torch.Generator().manual_seed(seed))
+        self.pngs: dict[tuple[int, float], bytes] = {}
+        self.dropdown = widgets.Dropdown(options=options, value=ids[0], description="species")
+        self.slider = widgets.FloatSlider(value=check_guidance_scale(value), min=low, max=high, step=step,
+                                          description="guidance w", continuous_update=False,
+                                          readout_format=".1f", layout=widgets.Layout(width="420px"))
+        self.image = widgets.Image(format="png")
+        self.label = widgets.Label()
+        self.dropdown.observe(self._show, names="value")
+        self.slider.observe(self._show, names="value")
+        super().__init__([widgets.HBox([self.dropdown, self.slider]), self.image, self.label])
+        self._show(None)
+
+    def render(self, class_id: int, w: float) -> bytes:
+        """The PNG of ``n`` samples of ``class_id`` at guidance ``w`` (sampled once, then kept)."""
+        key = (int(class_id), float(w))
+        if key not in self.pngs:
+            images = sample(self.model, self.schedule, len(self.x_T), sampler=self.sampler, steps=self.steps,
+                            x_T=self.x_T, classes=int(class_id), guidance_scale=w, progress=False)
+            grid = grid_image(images, self.nrow)
+            self.pngs[key] = encode_png(grid.repeat(self.scale, 0).repeat(self.scale, 1))
+        return self.pngs[key]
+
+    def _show(self, _change) -> None:
+        class_id, w = self.dropdown.value, self.slider.value
+        self.image.value = self.render(class_id, w)
+        what = "unconditional" if w == 0 else "conditional, no guidance" if w == 1 else \
+            "more typical, less varied" if w > 1 else "between unconditional and conditional"
+        self.label.value = f"{self.names[class_id]}, w = {w:g} ({what}); same noise at every setting"
+
+
+def guidance_widget(model, schedule, **kwargs) -> GuidanceWidget:
+    """Build a :class:`GuidanceWidget` (see its arguments)."""
+    return GuidanceWidget(model, schedule, **kwargs)

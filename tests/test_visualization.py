@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_utils import (Trajectory, grid_image, plot_epoch_table, plot_loss, save_animation, save_grid,
+from diffusion_utils import (Trajectory, grid_image, plot_epoch_table, plot_loss, save_animation, save_gif, save_grid,
                              to_uint8)
 from diffusion_utils.visualization import smooth
 
@@ -78,3 +78,18 @@ def test_frame_indices_are_distinct_increasing_and_bunch_late():
             assert all(b > a for a, b in zip(idx, idx[1:]))
     even, late = frame_indices(1001, 40, False), frame_indices(1001, 40, True)
     assert sum(i > 500 for i in late) > sum(i > 500 for i in even)
+
+
+def test_save_gif_of_an_image_strip_bounces(tmp_path):
+    """One image per frame, upscaled; bounce plays 0 1 2 3 2 1 and loops."""
+    strip = torch.linspace(-1, 1, 4)[:, None, None, None].expand(4, 3, 4, 4)
+    path = save_gif(strip, tmp_path / "strip.gif", frame_ms=60, scale=3, bounce=True)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 6 and gif.info.get("loop") == 0
+        values = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            frame = np.asarray(gif.convert("RGB"))
+            assert frame.shape == (12, 12, 3)
+            values.append(int(frame[0, 0, 0]))
+    assert values == [0, 85, 170, 255, 170, 85]

@@ -1,4 +1,5 @@
-"""The denoising slider: each slider position shows that frame of a real sampling trajectory."""
+"""The widgets: each denoising-slider position shows that frame of a real sampling trajectory; the
+guidance widget shows the samples of the chosen class and guidance scale from fixed noise."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from diffusion_utils import DenoisingSlider, NoiseSchedule, denoising_slider, sample
+from diffusion_utils import (ConfigError, DenoisingSlider, GuidanceWidget, NoiseSchedule, denoising_slider,
+                             guidance_widget, sample)
 
 from conftest import tiny_unet
 
@@ -89,3 +91,51 @@ def test_max_images_limits_the_grid(trajectory):
     widget.slider.value = 3
     expected = make_grid(trajectory.frames[3][:1], nrow=1, padding=2, pad_value=255).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(decode(widget.image.value), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The guidance widget: species dropdown + guidance slider, fixed noise
+@pytest.fixture(scope="module")
+def guided_widget():
+    model = tiny_unet(16, num_classes=3, class_names=("red rose", "sunflower", "daisy"))
+    schedule = NoiseSchedule.linear(20, 1e-3, 0.3)
+    widget = GuidanceWidget(model, schedule, classes=["sunflower", "daisy"], n=2, seed=3, value=1.0,
+                            scales=(0, 4, 0.5), steps=3, scale=1, nrow=2)
+    return widget, model, schedule
+
+
+def test_guidance_widget_shows_those_samples_from_the_fixed_noise(guided_widget):
+    widget, model, schedule = guided_widget
+    assert [label for label, _ in widget.dropdown.options] == ["sunflower", "daisy"]
+    assert widget.dropdown.value == 1 and widget.slider.value == 1.0
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    for class_id, w in ((1, 1.0), (2, 3.0), (2, 0.0)):
+        widget.dropdown.value, widget.slider.value = class_id, w
+        expected = sample(model, schedule, 2, sampler="dpmpp", steps=3, x_T=x_T, classes=class_id,
+                          guidance_scale=w, progress=False)
+        grid = make_grid(((expected + 1) * 127.5).round().to(torch.uint8), nrow=2, padding=2, pad_value=255)
+        np.testing.assert_array_equal(decode(widget.image.value), grid.permute(1, 2, 0).numpy())
+        assert widget.label.value.startswith(f"{('sunflower', 'daisy')[class_id - 1]}, w = {w:g}")
+
+
+def test_moving_the_guidance_slider_changes_the_image_and_going_back_restores_it(guided_widget):
+    widget, _, _ = guided_widget
+    widget.dropdown.value, widget.slider.value = 1, 1.0
+    first = bytes(widget.image.value)
+    widget.slider.value = 4.0
+    assert bytes(widget.image.value) != first and "more typical" in widget.label.value
+    widget.dropdown.value = 2
+    assert bytes(widget.image.value) not in (first, widget.pngs[(1, 4.0)])
+    widget.dropdown.value, widget.slider.value = 1, 1.0
+    assert bytes(widget.image.value) == first  # cached: the same bytes, no resampling
+
+
+def test_guidance_widget_refuses_bad_classes_and_unconditional_models():
+    schedule = NoiseSchedule.linear(20, 1e-3, 0.3)
+    model = tiny_unet(16, num_classes=3, class_names=("red rose", "sunflower", "daisy"))
+    with pytest.raises(ConfigError, match="unknown class"):
+        GuidanceWidget(model, schedule, classes=["tulip"], steps=2)
+    with pytest.raises(ConfigError, match="unconditional"):
+        guidance_widget(tiny_unet(16), schedule, steps=2)
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        GuidanceWidget(model, schedule, scales=(0, float("inf"), 1), steps=2)
