@@ -183,10 +183,10 @@ def test_weights_that_become_non_finite_are_never_saved(tmp_path, monkeypatch):
     ckpt, saved = tmp_path / CHECKPOINT_NAME, {}
     real_step = training.train_step
 
-    def step_then_poison(state, x0):
+    def step_then_poison(state, x0, y=None):
         if state.step == 1:
             saved["bytes"] = ckpt.read_bytes()
-        loss = real_step(state, x0)
+        loss = real_step(state, x0, y)
         if state.step == 2:
             with torch.no_grad():
                 next(state.model.parameters()).view(-1)[0] = float("nan")
