@@ -45,14 +45,17 @@ SYNTHETIC_DEFAULT_N = 2048
 class ImageDataset(torch.utils.data.Dataset):
     """Images held in memory as uint8 (N, 3, H, W); items are float (3, H, W) in [-1, 1].
 
-    ``images`` is the raw tensor (what training batches from); ``source`` says where it came from.
+    ``images`` is the raw tensor (what training batches from); ``source`` says where it came from
+    (a path, for files on disk); ``name`` is what it is, without a machine's path (``flowers102``,
+    ``synthetic``, a folder's name): what its repr shows, so printed outputs can be shared.
     """
 
-    def __init__(self, images: torch.Tensor, source: str):
+    def __init__(self, images: torch.Tensor, source: str, name: str | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
         self.images = images
         self.source = source
+        self.name = name or source
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,7 +68,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images.shape[-1]
 
     def __repr__(self) -> str:
-        return f"ImageDataset({len(self)} images of {self.img_size}×{self.img_size} from {self.source})"
+        return f"ImageDataset({self.name}: {len(self)} images of {self.img_size}×{self.img_size})"
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -95,20 +98,24 @@ def load_dataset(source: str, img_size: int = 64, *, root: str | os.PathLike | N
     if source == "flowers102":
         images, where = _load_flowers102(Path(root) if root else DEFAULT_HOME / "datasets",
                                          img_size, download, cache_dir, progress)
+        name = "flowers102"
     elif source == "synthetic":
         n = max_images or SYNTHETIC_DEFAULT_N
-        return ImageDataset(make_synthetic_flowers(n, img_size, seed=seed), f"synthetic flowers (seed {seed})")
+        return ImageDataset(make_synthetic_flowers(n, img_size, seed=seed), f"synthetic flowers (seed {seed})",
+                            f"synthetic (seed {seed})")
     elif _looks_like_path(source):
         folder = Path(source).expanduser()
         images = _load_folder(folder, img_size, cache_dir, progress)
         where = str(folder)
+        # torchvision's Flowers102 layout (flowers-102/jpg beside imagelabels.mat) read as a folder
+        name = "flowers102" if (folder.parent / "imagelabels.mat").exists() else folder.resolve().name
     else:
         raise DataError(f"unknown dataset {source!r}: use 'flowers102', 'synthetic' or a path to a "
                         f"folder of images")
     if max_images is not None and max_images < len(images):
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
         images = images[keep.sort().values]
-    return ImageDataset(images, where)
+    return ImageDataset(images, where, name)
 
 
 def _looks_like_path(source: str) -> bool:

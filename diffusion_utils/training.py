@@ -164,7 +164,7 @@ def train_step(state: TrainState, x0: torch.Tensor) -> float:
 
 
 def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: ImageDataset | None = None,
-          resume: bool = False, progress: bool = True, on_step=None,
+          resume: bool = False, progress: bool = True, on_step=None, on_start=None,
           cache_dir: str | Path | None = None) -> TrainResult:
     """Train a DDPM as ``config`` says, writing checkpoints and figures into ``out_dir``.
 
@@ -177,6 +177,10 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
             config's network and schedule; ``num_epochs`` may be raised to train longer).
         progress: show a progress bar.
         on_step: optional ``callback(step, loss)`` after every optimiser step.
+        on_start: optional ``callback(state, total_steps)``, once before the first step, with the
+            run's :class:`TrainState` (its model, EMA, schedule and losses, which on_step can then
+            read) and the step count the run will end at. :class:`~diffusion_utils.LiveTrainingView`
+            uses both hooks.
         cache_dir: where decoded images are cached (see :mod:`diffusion_utils.data`).
     """
     out_dir = Path(out_dir)
@@ -202,6 +206,8 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     if state.step > total_steps:
         raise ConfigError(f"the checkpoint is already at step {state.step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")
+    if on_start is not None:
+        on_start(state, total_steps)
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
     start_time, start_step = time.perf_counter(), state.step
     state.model.train()

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from diffusion_utils import (NoiseSchedule, RandomConvFeatures, TrainConfig, export_pretrained, load_trained_or_pretrained, make_synthetic_flowers,
+from diffusion_utils import (NoiseSchedule, RandomConvFeatures, export_pretrained, load_trained_or_pretrained, make_synthetic_flowers,
                              plot_sampler_comparison)
 from diffusion_utils.evaluation import evaluate_samplers
 
