@@ -106,9 +106,7 @@ def load_dataset(source: str, img_size: int = 64, *, root: str | os.PathLike | N
     elif _looks_like_path(source):
         folder = Path(source).expanduser()
         images = _load_folder(folder, img_size, cache_dir, progress)
-        where = str(folder)
-        # torchvision's Flowers102 layout (flowers-102/jpg beside imagelabels.mat) read as a folder
-        name = "flowers102" if (folder.parent / "imagelabels.mat").exists() else folder.resolve().name
+        where, name = str(folder), _folder_name(folder)
     else:
         raise DataError(f"unknown dataset {source!r}: use 'flowers102', 'synthetic' or a path to a "
                         f"folder of images")
@@ -116,6 +114,12 @@ def load_dataset(source: str, img_size: int = 64, *, root: str | os.PathLike | N
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images]
         images = images[keep.sort().values]
     return ImageDataset(images, where, name)
+
+
+def _folder_name(folder: Path) -> str:
+    """What a folder of images is called in printed output: its name, or ``flowers102`` for the
+    ``jpg`` folder of torchvision's Flowers102 layout (beside ``imagelabels.mat``)."""
+    return "flowers102" if (folder.parent / "imagelabels.mat").exists() else folder.resolve().name
 
 
 def _looks_like_path(source: str) -> bool:
@@ -197,11 +201,12 @@ def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, 
     return images
 
 
-def _decode_files(files: list[Path], img_size: int, progress: bool, what: str) -> torch.Tensor:
-    """Decode, crop and resize each file; unreadable files are skipped with one warning."""
+def _decode_files(files: list[Path], img_size: int, progress: bool, what: str, name: str | None = None) -> torch.Tensor:
+    """Decode, crop and resize each file; unreadable files are skipped with one warning that names
+    ``what`` (the folder); the progress bar shows ``name``, which holds no path."""
     transform = _transform(img_size)
     out, bad = [], []
-    for f in tqdm(files, desc=f"decoding {what} at {img_size}px (once; cached)", disable=not progress):
+    for f in tqdm(files, desc=f"decoding {name or what} at {img_size}px (once; cached)", disable=not progress):
         try:
             with Image.open(f) as im:
                 out.append(transform(im.convert("RGB")))
@@ -232,7 +237,7 @@ def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool) -> torc
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, …) found in {folder}; "
                         f"pass --data with a folder of images, 'flowers102' or 'synthetic'")
     return _cached_decode(folder, files, img_size, cache_dir, "folder",
-                          lambda fs: _decode_files(fs, img_size, progress, str(folder)))
+                          lambda fs: _decode_files(fs, img_size, progress, str(folder), _folder_name(folder)))
 
 
 # ---------------------------------------------------------------------------------------------
