@@ -94,7 +94,8 @@ class LiveTrainingView:
         every: draw new samples every this many steps (and at the last step).
         n_images: samples per grid, always from the same starting noise (seeded by ``seed``).
         sampler, steps: how the grids are sampled (a few calls of a fast sampler: cheap).
-        min_seconds: redraw the loss at most this often (drawing costs more than a small step).
+        min_seconds: redraw the loss at most this often — and never so often that drawing takes
+            more than a twentieth of the time (a redraw costs more than a small training step).
         display: ``display(obj, display_id=True)`` → a handle with ``update(obj)`` (default:
             IPython's); tests pass a fake.
     """
@@ -106,7 +107,7 @@ class LiveTrainingView:
         self._display = display
         self.state = self.handle = self.grid = None
         self.grid_step = self.total_steps = self.draws = 0
-        self._last_draw = self._start = 0.0
+        self._last_draw = self._start = self._draw_seconds = 0.0
 
     def start(self, state, total_steps: int) -> None:
         """``train``'s ``on_start`` hook: remember the run and show its first picture."""
@@ -128,7 +129,8 @@ class LiveTrainingView:
             images = sample(self.state.ema.module, self.state.schedule, self.n_images, sampler=self.sampler,
                             steps=self.steps, x_T=self.noise, bf16=self.state.config.bf16, progress=False)
             self.grid, self.grid_step = to_uint8(images), step
-        if last or self.grid_step == step or time.perf_counter() - self._last_draw >= self.min_seconds:
+        wait = max(self.min_seconds, 20 * self._draw_seconds)
+        if last or self.grid_step == step or time.perf_counter() - self._last_draw >= wait:
             if self.handle is not None:
                 self.handle.update(self._snapshot())
             self._last_draw = time.perf_counter()
@@ -169,9 +171,11 @@ class LiveTrainingView:
                 f"{state.config.num_epochs}{loss} · {_duration(elapsed)}{time_left}")
 
     def _snapshot(self) -> "_Picture":
+        start = time.perf_counter()
         self.draws += 1
         buffer = io.BytesIO()
         self.figure().savefig(buffer, format="png", dpi=80)
+        self._draw_seconds = time.perf_counter() - start
         return _Picture(buffer.getvalue(), f"training: {self.progress_text()}")
 
 

@@ -42,10 +42,10 @@ LIVE_VIEW = [
     "torch.set_num_threads(1)\n"
     "config = TrainConfig(data='synthetic', img_size=16, max_images=256, n_steps=100, base_channels=8,\n"
     "                     channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), time_emb_dim=16,\n"
-    "                     batch_size=16, num_epochs=25, lr=1e-3, lr_warmup_steps=2, ema_decay=0.9, device='cpu',\n"
-    "                     sample_every=25, sample_grid_n=4, sampler='ddim', sample_steps=5)\n"
+    "                     batch_size=16, num_epochs=8, lr=1e-3, lr_warmup_steps=2, ema_decay=0.9, device='cpu',\n"
+    "                     sample_every=8, sample_grid_n=4, sampler='ddim', sample_steps=5)\n"
     "data = load_dataset('synthetic', 16, max_images=256)",
-    "view = LiveTrainingView(every=40, min_seconds=0.5)\n"
+    "view = LiveTrainingView(every=16, min_seconds=0.5)\n"
     "result = train(config, 'live_out', dataset=data, progress=False, on_start=view.start, on_step=view.step)",
 ]
 
