@@ -144,6 +144,9 @@ class LiveTrainingView:
                                     fig.add_subplot(grid_spec[1, :]))
         if state.losses:
             draw_loss(ax_loss, state.losses)
+        else:
+            ax_loss.text(0.5, 0.5, "the loss appears after the first step", ha="center", transform=ax_loss.transAxes)
+            ax_loss.set(xticks=[], yticks=[])
         ax_loss.set_title("loss", fontsize=10)
         if self.grid is not None:
             ax_grid.imshow(grid_image(self.grid, nrow=4), interpolation="nearest")
