@@ -18,28 +18,30 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`, :func:`extract_features`: sample quality vs real images
 - :mod:`~diffusion_utils.evaluation` — :func:`evaluate_samplers`: KID and wall time per sampler
 - :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
-- :mod:`~diffusion_utils.widgets` — the denoising slider and the guidance widget
+- :mod:`~diffusion_utils.widgets` — the denoising slider, the guidance widget and the live training view
 - :mod:`~diffusion_utils.cli` — ``python -m diffusion_utils train|sample|export``
 """
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
 from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_device
-from .data import ImageDataset, load_dataset, make_synthetic_flowers
+from .data import ImageDataset, batches_per_epoch, load_dataset, make_synthetic_flowers
 from .errors import CheckpointError, ConfigError, DataError, DiffusionError, RunFolderError, TrainingDiverged
 from .editing import box_mask, inpaint, sdedit
 from .evaluation import SamplerRun, evaluate_samplers
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
-                      compute_kid, extract_features)
-from .model import UNet, count_parameters, sinusoidal_embedding
+                      compute_kid, default_feature_extractor, extract_features)
+from .model import (ResidualBlock, SelfAttention, UNet, count_parameters, layer_shapes, parameter_table,
+                    sinusoidal_embedding, unet_levels)
 from .interpolation import interpolate, slerp
 from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_trained_or_pretrained, pretrained_card
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
-from .training import TrainingInterrupted, TrainResult, TrainState, make_ema, train, train_step
+from .training import TrainingInterrupted, TrainResult, TrainState, ema_decay_at, make_ema, train, train_step
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
-                            plot_schedules, save_animation, save_gif, save_grid, save_large_sample, show_images)
-from .widgets import DenoisingSlider, GuidanceWidget, denoising_slider, guidance_widget
+                            plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid,
+                            save_large_sample, show_images)
+from .widgets import DenoisingSlider, GuidanceWidget, LiveTrainingView, denoising_slider, guidance_widget
 
 __version__ = "0.1.0"
 
@@ -53,4 +55,7 @@ __all__ = [
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",
     "GuidanceWidget", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
+    # what the notebooks use, so that they import only the top level
+    "LiveTrainingView", "ResidualBlock", "SelfAttention", "batches_per_epoch", "default_feature_extractor",
+    "ema_decay_at", "layer_shapes", "parameter_table", "plot_time_embedding", "plot_unet", "unet_levels",
 ]

@@ -61,13 +61,15 @@ def flowers102_class_names() -> list[str]:
 class ImageDataset(torch.utils.data.Dataset):
     """Images held in memory as uint8 (N, 3, H, W); items are float (3, H, W) in [-1, 1].
 
-    ``images`` is the raw tensor (what training batches from); ``source`` says where it came from.
+    ``images`` is the raw tensor (what training batches from); ``source`` says where it came from
+    (a path, for files on disk); ``name`` is what it is, without a machine's path (``flowers102``,
+    ``synthetic``, a folder's name): what its repr shows, so printed outputs can be shared.
     ``labels`` (int64 (N,), values in [0, num_classes)) and ``class_names`` (one per class) are
     present when the source has labels, else None and ``num_classes`` is 0.
     """
 
     def __init__(self, images: torch.Tensor, source: str, labels: torch.Tensor | None = None,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, name: str | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
         if (labels is None) != (class_names is None):
@@ -81,6 +83,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.source = source
         self.labels = labels
         self.class_names = list(class_names) if class_names is not None else None
+        self.name = name or source
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +102,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         classes = f", {self.num_classes} classes" if self.num_classes else ""
-        return f"ImageDataset({len(self)} images of {self.img_size}×{self.img_size}{classes} from {self.source})"
+        return f"ImageDataset({self.name}: {len(self)} images of {self.img_size}×{self.img_size}{classes})"
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -136,16 +139,17 @@ def load_dataset(source: str | os.PathLike, img_size: int = 64, *, root: str | o
     if source == "flowers102":
         images, labels, where = _load_flowers102(Path(root).expanduser() if root else DEFAULT_HOME / "datasets",
                                                  img_size, download, cache_dir, progress)
-        names = flowers102_class_names()
+        names, name = flowers102_class_names(), "flowers102"
     elif source == "synthetic":
         n = as_int("max_images (the number of synthetic images)", max_images or SYNTHETIC_DEFAULT_N, 1,
                    SYNTHETIC_MAX_N)
         images, labels = make_synthetic_flowers(n, img_size, seed=seed, return_labels=True)
-        return ImageDataset(images, f"synthetic flowers (seed {seed})", labels, list(SYNTHETIC_CLASS_NAMES))
+        return ImageDataset(images, f"synthetic flowers (seed {seed})", labels, list(SYNTHETIC_CLASS_NAMES),
+                            name=f"synthetic (seed {seed})")
     elif isinstance(source, os.PathLike) or _looks_like_path(source):
         folder = Path(os.fspath(source)).expanduser()
         images, labels, names = _load_folder(folder, img_size, cache_dir, progress)
-        where = str(folder)
+        where, name = str(folder), _folder_name(folder)
     else:
         raise DataError(f"unknown dataset {source!r}: use 'flowers102', 'synthetic' or a path to a "
                         f"folder of images")
@@ -153,7 +157,13 @@ def load_dataset(source: str | os.PathLike, img_size: int = 64, *, root: str | o
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
         images = images[keep]
         labels = labels[keep] if labels is not None else None
-    return ImageDataset(images, where, labels, names if labels is not None else None)
+    return ImageDataset(images, where, labels, names if labels is not None else None, name=name)
+
+
+def _folder_name(folder: Path) -> str:
+    """What a folder of images is called in printed output: its name, or ``flowers102`` for the
+    ``jpg`` folder of torchvision's Flowers102 layout (beside ``imagelabels.mat``)."""
+    return "flowers102" if (folder.parent / "imagelabels.mat").exists() else folder.resolve().name
 
 
 def _looks_like_path(source: str) -> bool:
@@ -228,14 +238,17 @@ def _cached_decode(data_dir: Path, files: list[Path], img_size: int, cache_dir, 
     return images, kept
 
 
-def _decode_files(files: list[Path], img_size: int, progress: bool, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode, crop and resize each file; files PIL refuses are skipped with one warning.
+def _decode_files(files: list[Path], img_size: int, progress: bool, what: str,
+                  name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode, crop and resize each file; files PIL refuses are skipped with one warning that
+    names ``what`` (the folder); the progress bar shows ``name``, which holds no path.
 
     Returns the images and the indices (into ``files``) of those that loaded.
     """
     transform = _transform(img_size)
     out, kept, bad = [], [], []
-    for i, f in enumerate(tqdm(files, desc=f"decoding {what} at {img_size}px (once; cached)", disable=not progress)):
+    for i, f in enumerate(tqdm(files, desc=f"decoding {name or what} at {img_size}px (once; cached)",
+                               disable=not progress)):
         image = _decoded(lambda: Image.open(f), transform)
         if image is None:
             bad.append(f.name)
@@ -301,7 +314,7 @@ def _load_folder(folder: Path, img_size: int, cache_dir, progress: bool):
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, …) found in {folder}; "
                         f"pass --data with a folder of images, 'flowers102' or 'synthetic'")
     images, kept = _cached_decode(folder, files, img_size, cache_dir, "folder",
-                                  lambda fs: _decode_files(fs, img_size, progress, str(folder)))
+                                  lambda fs: _decode_files(fs, img_size, progress, str(folder), _folder_name(folder)))
     classes = folder_classes(folder, files)
     if classes is None:
         return images, None, None

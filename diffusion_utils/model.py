@@ -330,3 +330,29 @@ def _block_kind(block: nn.Module) -> str:
     if isinstance(block, LevelBlock):
         return "res + attention" if isinstance(block.attn, SelfAttention) else "res"
     return type(block).__name__.lower()
+
+
+def unet_levels(model: UNet) -> list[dict]:
+    """What each resolution level of ``model`` holds, read from its modules (for diagrams).
+
+    One dict per level, top (full resolution) first: ``size`` (H = W at ``model.img_size``),
+    ``channels`` (of its blocks' outputs), ``down_blocks`` and ``up_blocks`` (residual blocks on
+    each path) and ``attention`` (whether they are followed by self-attention). The middle, at
+    the last level's resolution, is not a level: ``model.mid1`` and friends.
+    """
+    levels: list[dict] = [{"down_blocks": 0, "up_blocks": 0}]
+    for block in model.down:
+        if isinstance(block, Downsample):
+            levels.append({"down_blocks": 0, "up_blocks": 0})
+        else:
+            levels[-1].update(down_blocks=levels[-1]["down_blocks"] + 1, channels=block.res.conv1.out_channels,
+                              attention=isinstance(block.attn, SelfAttention))
+    level = len(levels) - 1
+    for block in model.up:
+        if isinstance(block, Upsample):
+            level -= 1
+        else:
+            levels[level]["up_blocks"] += 1
+    for i, info in enumerate(levels):
+        info.update(level=i, size=model.img_size // 2 ** i)
+    return levels

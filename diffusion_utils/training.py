@@ -224,6 +224,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: ImageDataset | None = None,
           resume: bool = False, init_from: str | Path | None = None, progress: bool = True, on_step=None,
+          on_start=None,
           cache_dir: str | Path | None = None) -> TrainResult:
     """Train a DDPM as ``config`` says, writing checkpoints and figures into ``out_dir``.
 
@@ -238,6 +239,10 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
             EMA weights (see :func:`init_weights_from`).
         progress: show a progress bar.
         on_step: optional ``callback(step, loss)`` after every optimiser step.
+        on_start: optional ``callback(state, total_steps)``, once before the first step, with the
+            run's :class:`TrainState` (its model, EMA, schedule and losses, which on_step can then
+            read) and the step count the run will end at. :class:`~diffusion_utils.LiveTrainingView`
+            uses both hooks.
         cache_dir: where decoded images are cached (see :mod:`diffusion_utils.data`).
 
     Raises :class:`TrainingDiverged` when the loss or the weights stop being finite (the last good
@@ -248,10 +253,10 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     with lock_run_folder(check_output_folder(out_dir, TRAIN_OUTPUTS)) as out_dir:
         remove_stale_temp_files(out_dir, CHECKPOINT_NAME)  # left by a killed run; no live writer now
         return _train(config, out_dir, dataset=dataset, resume=resume, init_from=init_from, progress=progress,
-                      on_step=on_step, cache_dir=cache_dir)
+                      on_step=on_step, on_start=on_start, cache_dir=cache_dir)
 
 
-def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, progress, on_step,
+def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, progress, on_step, on_start,
            cache_dir) -> TrainResult:
     """:func:`train`, with ``out_dir`` locked."""
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -288,6 +293,8 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
     if state.step > total_steps:
         raise ConfigError(f"the checkpoint is already at step {state.step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")
+    if on_start is not None:
+        on_start(state, total_steps)
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
     start_time, start_step = time.perf_counter(), state.step
     state.model.train()

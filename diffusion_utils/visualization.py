@@ -14,8 +14,10 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image as PILImage, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
+from .model import unet_levels
 from .sampling import Trajectory, to_uint8
 
 
@@ -72,10 +74,9 @@ def smooth(values, weight: float = 0.98) -> np.ndarray:
     return out
 
 
-def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Training loss") -> Figure:
-    """The per-step ε-prediction MSE (faint) and its moving average, on a log scale."""
-    fig = Figure(figsize=(7, 3.5))
-    ax = fig.add_subplot()
+def draw_loss(ax, losses) -> None:
+    """The per-step loss (faint) and its moving average on ``ax``, log scale: :func:`plot_loss` and
+    the live training view draw the same curve."""
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, alpha=0.25, lw=0.8, label="per step")
     window = max(5.0, len(losses) / 40)  # about 2.5% of the run: smooth, yet not lagging behind
@@ -83,9 +84,16 @@ def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Train
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("MSE(ε, ε̂)")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Training loss") -> Figure:
+    """The per-step ε-prediction MSE (faint) and its moving average, on a log scale."""
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.add_subplot()
+    draw_loss(ax, losses)
+    ax.set_title(title)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -142,18 +150,23 @@ def frame_indices(total: int, n_frames: int, late: bool = False) -> list[int]:
 
 
 def save_animation(trajectory: Trajectory, path: str | os.PathLike, n_frames: int = 40,
-                   max_images: int = 16, scale: int = 2, frame_ms: int = 80,
-                   hold_ms: int = 1500, late: bool = True) -> Path:
-    """The denoising process as a looping GIF (``diffusion_animation.gif``).
+                   max_images: int = 16, scale: int | None = None, frame_ms: int = 80,
+                   hold_ms: int = 1500, late: bool = True, min_width: int = 256) -> Path:
+    """The denoising process as a looping GIF (``diffusion_animation.gif``), each frame labelled t.
 
     ``n_frames`` frames from pure noise to the samples; the last is held for ``hold_ms`` so the
     result can be seen before the loop restarts. ``late=True`` spaces the frames more densely
     towards the end of the trajectory, where the image actually forms (with the linear schedule
     the first half of the steps all look like noise); ``late=False`` spaces them evenly.
+    ``scale``: nearest-neighbour upscaling (default: the smallest that makes the GIF at least
+    ``min_width`` pixels wide, so 32 px images stay visible).
     """
     keep = frame_indices(len(trajectory), n_frames, late)
     grids = trajectory_grids(trajectory, max_images)
-    return save_gif([grids[k] for k in keep], path, frame_ms, hold_ms, scale)
+    scale = scale or max(1, -(-min_width // grids[0].shape[1]))
+    frames = [_label_frame(grids[k].repeat(scale, 0).repeat(scale, 1), f"t = {trajectory.timesteps[k]}")
+              for k in keep]
+    return save_gif(frames, path, frame_ms, hold_ms)
 
 
 def save_gif(frames, path: str | os.PathLike, frame_ms: int = 80, hold_ms: int | None = None,
@@ -173,6 +186,19 @@ def save_gif(frames, path: str | os.PathLike, frame_ms: int = 80, hold_ms: int |
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, np.stack(frames), extension=".gif", duration=durations, loop=0)
     return path
+
+
+def _label_frame(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 under a white band that holds ``text``."""
+    band = max(16, image.shape[1] // 14)
+    canvas = PILImage.new("RGB", (image.shape[1], image.shape[0] + band), "white")
+    canvas.paste(PILImage.fromarray(image), (0, band))
+    try:
+        font = ImageFont.load_default(size=int(band * 0.75))  # Pillow ≥ 10.1: a scalable font
+    except TypeError:
+        font = ImageFont.load_default()
+    ImageDraw.Draw(canvas).text((4, band // 8), text, fill="black", font=font)
+    return np.asarray(canvas)
 
 
 def plot_schedules(schedules: dict, path: str | os.PathLike | None = None) -> Figure:
@@ -228,9 +254,11 @@ def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None 
     return fig
 
 
-def plot_sampler_comparison(runs, path: str | os.PathLike | None = None) -> Figure:
+def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_kid=None) -> Figure:
     """KID (± std) and seconds per image against network calls, one line per fast sampler, with
-    the 1000-step DDPM as a dashed reference. ``runs``: :class:`~diffusion_utils.evaluation.SamplerRun` list."""
+    the 1000-step DDPM as a dashed reference. ``runs``: :class:`~diffusion_utils.evaluation.SamplerRun` list.
+    ``real_kid``: a :class:`~diffusion_utils.KIDResult` of real images against the same reference,
+    drawn as a dotted line: the floor a perfect sampler would reach at this sample size."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(10, 3.8))
@@ -247,6 +275,8 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None) -> Figu
         ax_kid.axhline(ddpm.kid.mean, color="k", ls="--", label=f"DDPM, {ddpm.steps} steps (± std shaded)")
         ax_kid.axhspan(ddpm.kid.mean - ddpm.kid.std, ddpm.kid.mean + ddpm.kid.std, color="k", alpha=0.1)
         ax_time.axhline(ddpm.seconds_per_image, color="k", ls="--", label=f"DDPM, {ddpm.steps} steps")
+    if real_kid is not None:
+        ax_kid.axhline(real_kid.mean, color="tab:green", ls=":", label="real vs real (the floor)")
     first = runs[0]
     ax_kid.set(ylabel="KID (lower is better)",
                title=f"Quality: {first.kid.n_generated} samples, {first.kid.extractor}")
@@ -260,6 +290,67 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None) -> Figu
         ax.set_xlabel("network calls per image")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_unet(model, path: str | os.PathLike | None = None) -> Figure:
+    """A diagram of ``model`` (a :class:`~diffusion_utils.UNet`), drawn from its real levels.
+
+    The U: the down path on the left (one box per resolution level: size, channels, residual
+    blocks, attention), the middle at the bottom, the up path on the right, and a skip arrow
+    from each level of the way down to the same level of the way up.
+    """
+    from matplotlib.patches import FancyBboxPatch
+
+    levels = unet_levels(model)
+    n = len(levels)
+    fig = Figure(figsize=(9, 1.1 * n + 1.8))
+    ax = fig.add_subplot()
+    w, h = 2.6, 0.62
+
+    def box(x, y, text, colour):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.03",
+                                    facecolor=colour, edgecolor="0.3"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1, **style):
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color="0.3", **style))
+
+    def label(info, blocks):
+        attn = " + attention" if info["attention"] else ""
+        return f"{info['size']}×{info['size']} · {info['channels']} ch\n{blocks} res block{'s' * (blocks > 1)}{attn}"
+
+    x_down = [1.6 + 0.9 * i for i in range(n)]
+    x_up = [x_down[-1] * 2 + 4.6 - x for x in x_down]
+    ys = [-1.15 * i for i in range(n)]
+    for i, info in enumerate(levels):
+        colour = "#f6d7a7" if info["attention"] else "#cde3f5"
+        box(x_down[i], ys[i], label(info, info["down_blocks"]), colour)
+        box(x_up[i], ys[i], label(info, info["up_blocks"]), colour)
+        arrow(x_down[i] + w / 2, ys[i], x_up[i] - w / 2, ys[i], ls="--")
+        ax.text((x_down[i] + x_up[i]) / 2, ys[i] + 0.08, "skip (concatenate)", ha="center", fontsize=7, color="0.4")
+        if i + 1 < n:
+            arrow(x_down[i], ys[i] - h / 2, x_down[i + 1], ys[i + 1] + h / 2)
+            ax.text(x_down[i] - 0.2, (ys[i] + ys[i + 1]) / 2, "↓ stride-2 conv", ha="right", fontsize=7)
+            arrow(x_up[i + 1], ys[i + 1] + h / 2, x_up[i], ys[i] - h / 2)
+            ax.text(x_up[i] + 0.2, (ys[i] + ys[i + 1]) / 2, "↑ upsample", ha="left", fontsize=7)
+    y_mid, x_mid = ys[-1] - 1.15, (x_down[-1] + x_up[-1]) / 2
+    mid_ch = model.mid1.conv1.out_channels
+    box(x_mid, y_mid, f"middle · {levels[-1]['size']}×{levels[-1]['size']} · {mid_ch} ch\nres, attention, res", "#f6d7a7")
+    arrow(x_down[-1], ys[-1] - h / 2, x_mid - w / 4, y_mid + h / 2)
+    arrow(x_mid + w / 4, y_mid + h / 2, x_up[-1], ys[-1] - h / 2)
+    size, c = model.img_size, model.in_channels
+    ax.text(x_down[0], ys[0] + 0.75, f"xₜ ({c}×{size}×{size}) → stem conv", ha="center", fontsize=8)
+    ax.text(x_up[0], ys[0] + 0.75, f"head → ε̂ ({c}×{size}×{size})", ha="center", fontsize=8)
+    ax.text(x_mid, y_mid - 0.75, "t → sinusoidal embedding → MLP → added in every residual block",
+            ha="center", fontsize=8, style="italic")
+    ax.set_xlim(min(x_down) - w / 2 - 1.3, max(x_up) + w / 2 + 1.1)
+    ax.set_ylim(y_mid - 1.0, ys[0] + 1.0)
+    ax.axis("off")
+    ax.set_title(f"The UNet, drawn from the model: {n} levels, {sum(p.numel() for p in model.parameters()):,} parameters")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)

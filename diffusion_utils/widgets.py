@@ -1,23 +1,33 @@
-"""Interactive widgets: a slider through the denoising steps, and a guidance-scale explorer.
+"""Live views for notebooks: the denoising slider, the guidance explorer and the training view.
 
-Built only from ``IntSlider``, ``FloatSlider``, ``Dropdown``, ``Image``, ``Label``, ``Play``,
-``observe`` and ``widgets.link`` — the API that ipywidgets 7.7 (Colab) and 8 (JupyterLab 4)
-share. Pictures are PNG bytes swapped into an ``Image`` widget: no re-plotting, no ``Output``
-widget (which is what ``interact`` uses, and what breaks under nbval).
+:class:`DenoisingSlider` scrubs through the denoising steps of a generated batch, and
+:class:`GuidanceWidget` shows one species at a chosen guidance scale. They are built only from
+``IntSlider``, ``FloatSlider``, ``Dropdown``, ``Image``, ``Label``, ``Play``, ``observe`` and
+``widgets.link`` — the API that ipywidgets 7.7 (Colab) and 8 (JupyterLab 4) share. Pictures are
+PNG bytes swapped into an ``Image`` widget: no re-plotting, no ``Output`` widget (which is what
+``interact`` uses, and what breaks under nbval).
+
+:class:`LiveTrainingView` follows a training run in one output area — the loss (raw and
+smoothed), samples from fixed noise every few steps, a progress bar — redrawn in place through an
+IPython display handle (``display(..., display_id=True)`` then ``handle.update``). JupyterLab,
+Colab, VS Code and nbconvert all replace the output in place, so a saved notebook keeps only the
+final picture (a PNG that GitHub shows too), and without a front end nothing fails.
 """
 
 from __future__ import annotations
 
 import io
+import time
 
 import ipywidgets as widgets
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from .errors import ConfigError
 from .guidance import check_guidance_scale, class_ids
-from .sampling import Trajectory, sample
-from .visualization import grid_image, trajectory_grids
+from .sampling import Trajectory, sample, to_uint8
+from .visualization import draw_loss, grid_image, trajectory_grids
 
 
 def encode_png(array) -> bytes:
@@ -143,3 +153,124 @@ class GuidanceWidget(widgets.VBox):
 def guidance_widget(model, schedule, **kwargs) -> GuidanceWidget:
     """Build a :class:`GuidanceWidget` (see its arguments)."""
     return GuidanceWidget(model, schedule, **kwargs)
+
+
+class LiveTrainingView:
+    """One output area that shows a training run as it goes: the loss per step and its moving
+    average, the EMA model's samples from fixed noise every ``every`` steps, and a progress bar.
+
+    Give its two methods to :func:`~diffusion_utils.train` as hooks::
+
+        view = LiveTrainingView(every=40)
+        result = train(config, "outputs", on_start=view.start, on_step=view.step, progress=False)
+
+    Args:
+        every: draw new samples every this many steps (and at the last step).
+        n_images: samples per grid, always from the same starting noise (seeded by ``seed``).
+        sampler, steps: how the grids are sampled (a few calls of a fast sampler: cheap).
+        min_seconds: redraw the loss at most this often — and never so often that drawing takes
+            more than a twentieth of the time (a redraw costs more than a small training step).
+        display: ``display(obj, display_id=True)`` → a handle with ``update(obj)`` (default:
+            IPython's); tests pass a fake.
+    """
+
+    def __init__(self, every: int = 40, n_images: int = 8, sampler: str = "dpmpp", steps: int = 10,
+                 seed: int = 0, min_seconds: float = 2.0, display=None):
+        self.every, self.n_images, self.sampler, self.steps = every, n_images, sampler, steps
+        self.seed, self.min_seconds = seed, min_seconds
+        self._display = display
+        self.state = self.handle = self.grid = None
+        self.grid_step = self.total_steps = self.draws = 0
+        self._last_draw = self._start = self._draw_seconds = 0.0
+
+    def start(self, state, total_steps: int) -> None:
+        """``train``'s ``on_start`` hook: remember the run and show its first picture."""
+        self.state, self.total_steps = state, total_steps
+        size = state.config.img_size
+        self.noise = torch.randn(self.n_images, getattr(state.model, "in_channels", 3), size, size,
+                                 generator=torch.Generator().manual_seed(self.seed))
+        self._start, self._first_step = time.perf_counter(), state.step
+        display = self._display
+        if display is None:
+            from IPython.display import display
+        self.handle = display(self._snapshot(), display_id=True)
+        self._last_draw = time.perf_counter()
+
+    def step(self, step: int, loss: float) -> None:
+        """``train``'s ``on_step`` hook: new samples every ``every`` steps; redraw when due."""
+        last = step >= self.total_steps
+        if step % self.every == 0 or last:
+            images = sample(self.state.ema.module, self.state.schedule, self.n_images, sampler=self.sampler,
+                            steps=self.steps, x_T=self.noise, bf16=self.state.config.bf16, progress=False)
+            self.grid, self.grid_step = to_uint8(images), step
+        wait = max(self.min_seconds, 20 * self._draw_seconds)
+        if last or self.grid_step == step or time.perf_counter() - self._last_draw >= wait:
+            if self.handle is not None:
+                self.handle.update(self._snapshot())
+            self._last_draw = time.perf_counter()
+
+    def figure(self) -> Figure:
+        """The current picture: loss curve | latest samples, and a progress bar under both."""
+        state, total = self.state, max(self.total_steps, 1)
+        fig = Figure(figsize=(9, 3.6))
+        grid_spec = fig.add_gridspec(2, 2, height_ratios=[12, 1], width_ratios=[3, 2])
+        ax_loss, ax_grid, ax_bar = (fig.add_subplot(grid_spec[0, 0]), fig.add_subplot(grid_spec[0, 1]),
+                                    fig.add_subplot(grid_spec[1, :]))
+        if state.losses:
+            draw_loss(ax_loss, state.losses)
+        else:
+            ax_loss.text(0.5, 0.5, "the loss appears after the first step", ha="center", transform=ax_loss.transAxes)
+            ax_loss.set(xticks=[], yticks=[])
+        ax_loss.set_title("loss", fontsize=10)
+        if self.grid is not None:
+            ax_grid.imshow(grid_image(self.grid, nrow=4), interpolation="nearest")
+            ax_grid.set_title(f"EMA samples at step {self.grid_step} (same noise each time)", fontsize=9)
+        else:
+            ax_grid.set_title(f"samples every {self.every} steps", fontsize=9)
+        ax_grid.axis("off")
+        done = state.step / total
+        ax_bar.barh([0], [done], color="tab:green")
+        ax_bar.set(xlim=(0, 1), yticks=[], xticks=[])
+        ax_bar.text(0.5, 0, self.progress_text(), ha="center", va="center", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def progress_text(self) -> str:
+        """``step 160/320 (50%) · epoch 5/10 · loss 0.0521 · 1 min 4 s, ~1 min 4 s left``."""
+        state, total = self.state, max(self.total_steps, 1)
+        elapsed = time.perf_counter() - self._start
+        done_here = state.step - self._first_step
+        left = elapsed / done_here * (total - state.step) if done_here else float("nan")
+        loss = f" · loss {state.losses[-1]:.4f}" if state.losses else ""
+        epoch = min(state.epoch + 1, state.config.num_epochs)
+        time_left = f", ~{_duration(left)} left" if state.step < total and done_here else ""
+        return (f"step {state.step}/{total} ({100 * state.step / total:.0f}%) · epoch {epoch}/"
+                f"{state.config.num_epochs}{loss} · {_duration(elapsed)}{time_left}")
+
+    def _snapshot(self) -> "_Picture":
+        start = time.perf_counter()
+        self.draws += 1
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=80)
+        self._draw_seconds = time.perf_counter() - start
+        return _Picture(buffer.getvalue(), f"training: {self.progress_text()}")
+
+
+class _Picture:
+    """A PNG with a one-line text fallback (what a terminal, or a reader without images, sees)."""
+
+    def __init__(self, png: bytes, text: str):
+        self.png, self.text = png, text
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: not known yet
+        return "?"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"

@@ -163,6 +163,7 @@ def test_image_folder_is_decoded_center_cropped_and_skips_a_corrupt_file(image_f
         diff = np.abs(as_hwc[VALID.index(name)].astype(int) - by_hand.astype(int))
         assert diff.mean() < 4, (name, diff.mean())  # resampling details differ, the crop may not
     assert "images" in ds.source
+    assert repr(ds) == f"ImageDataset(images: {len(ds)} images of {S}×{S})"  # the folder's name, not its path
 
 
 def test_folder_cache_is_written_reused_and_invalidated(image_folder, tmp_path, monkeypatch):
@@ -328,6 +329,9 @@ def test_flowers102_loads_the_present_images_of_all_three_splits(flowers_root, t
     assert ds.labels.tolist() == [int(official[i - 1]) - 1 for i in order]
     assert ds.num_classes == 102 and ds.class_names[0] == "pink primrose" and ds.class_names[53] == "sunflower"
     assert "Flowers102" in ds.source
+    assert repr(ds) == f"ImageDataset(flowers102: 60 images of {S}×{S})"  # no path in printed outputs
+    as_folder = load_dataset(str(jpg), S, cache_dir=tmp_path / "cache", progress=False)
+    assert as_folder.name == "flowers102" and str(jpg) in as_folder.source  # its jpg folder: still flowers102
     assert not any(p.name.startswith(".diffusion_cache") for p in root.rglob("*"))
 
 

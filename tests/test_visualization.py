@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_utils import (Trajectory, grid_image, plot_epoch_table, plot_loss, save_animation, save_gif, save_grid,
-                             to_uint8)
+from diffusion_utils import (Trajectory, TrainConfig, UNet, grid_image, plot_epoch_table, plot_loss, plot_unet,
+                             save_animation, save_gif, save_grid, to_uint8, unet_levels)
 from diffusion_utils.visualization import smooth
 
 
@@ -31,7 +31,8 @@ def test_save_grid_writes_that_png(tmp_path):
 
 
 def test_save_animation_loops_and_holds_the_last_frame(tmp_path):
-    """n_frames evenly spaced frames from noise to sample, loop=0 (forever), last frame held."""
+    """n_frames evenly spaced frames from noise to sample, loop=0 (forever), last frame held; each
+    frame is the upscaled grid under a white band that holds its label."""
     gen = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (12, 2, 3, 8, 8), dtype=torch.uint8, generator=gen)
     traj = Trajectory(list(range(11, -1, -1)), frames, frames.clone())
@@ -39,7 +40,9 @@ def test_save_animation_loops_and_holds_the_last_frame(tmp_path):
     with Image.open(path) as gif:
         assert gif.n_frames == 5 and gif.info.get("loop") == 0
         first = np.asarray(gif.convert("RGB"))
-        assert first.shape == (2 * (2 + 10), 2 * (2 + 2 * 10), 3)  # 2 images in a row, upscaled ×2
+        band = 16  # the label band: max(16, width / 14) px
+        assert first.shape == (band + 2 * (2 + 10), 2 * (2 + 2 * 10), 3)  # 2 images in a row, upscaled ×2
+        assert (first[band:band + 4] == 255).all() and (first[:band] < 128).any()  # padding; dark text above
         durations = []
         for i in range(gif.n_frames):
             gif.seek(i)
@@ -93,3 +96,29 @@ def test_save_gif_of_an_image_strip_bounces(tmp_path):
             assert frame.shape == (12, 12, 3)
             values.append(int(frame[0, 0, 0]))
     assert values == [0, 85, 170, 255, 170, 85]
+
+
+def test_save_animation_is_at_least_256_px_wide_and_labels_each_frame_with_t(tmp_path):
+    """By default a 32 px batch is upscaled to ≥ 256 px; frames with different t differ in the band."""
+    frames = torch.full((3, 4, 3, 32, 32), 90, dtype=torch.uint8)
+    traj = Trajectory([1000, 500, 0], frames, frames.clone())
+    with Image.open(save_animation(traj, tmp_path / "c.gif", n_frames=3, late=False)) as gif:
+        bands = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            frame = np.asarray(gif.convert("RGB"))
+            assert frame.shape[1] >= 256
+            bands.append(frame[:16])
+    assert not np.array_equal(bands[0], bands[1]) and not np.array_equal(bands[1], bands[2])
+
+
+def test_plot_unet_draws_every_level_of_the_real_model():
+    """unet_levels reads the levels from the modules; the diagram has a box per level and path."""
+    model = UNet.from_config(TrainConfig.preset("quick"))
+    levels = unet_levels(model)
+    assert [(lv["size"], lv["channels"], lv["down_blocks"], lv["up_blocks"], lv["attention"]) for lv in levels] == [
+        (32, 32, 1, 2, False), (16, 64, 1, 2, False), (8, 64, 1, 2, True)]
+    texts = [t.get_text() for t in plot_unet(model).axes[0].texts]
+    for size, channels in ((32, 32), (16, 64), (8, 64)):
+        assert sum(t.startswith(f"{size}×{size} · {channels} ch") for t in texts) == 2  # down and up
+    assert any(t.startswith("middle · 8×8 · 64 ch") for t in texts)

@@ -1,5 +1,6 @@
 """The widgets: each denoising-slider position shows that frame of a real sampling trajectory; the
-guidance widget shows the samples of the chosen class and guidance scale from fixed noise."""
+guidance widget shows the samples of the chosen class and guidance scale from fixed noise; the
+live training view is one display, updated in place, ending on the run's last step."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from diffusion_utils import (ConfigError, DenoisingSlider, GuidanceWidget, NoiseSchedule, denoising_slider,
-                             guidance_widget, sample)
+from diffusion_utils import (ConfigError, DenoisingSlider, GuidanceWidget, LiveTrainingView, NoiseSchedule,
+                             denoising_slider, guidance_widget, load_dataset, sample, train)
 
-from conftest import tiny_unet
+from conftest import tiny_config, tiny_unet
 
 SCALE = 2
 
@@ -139,3 +140,44 @@ def test_guidance_widget_refuses_bad_classes_and_unconditional_models():
         guidance_widget(tiny_unet(16), schedule, steps=2)
     with pytest.raises(ConfigError, match="guidance_scale"):
         GuidanceWidget(model, schedule, scales=(0, float("inf"), 1), steps=2)
+
+
+class FakeDisplay:
+    """Stands in for IPython's display(obj, display_id=True) and the handle's update(obj)."""
+
+    def __init__(self):
+        self.shown, self.updates = [], []
+
+    def __call__(self, obj, display_id=False):
+        assert display_id is True
+        self.shown.append(obj)
+        return self
+
+    def update(self, obj):
+        self.updates.append(obj)
+
+
+def test_live_training_view_follows_the_run_in_one_display(tmp_path):
+    """train's hooks drive the view: one display, updated in place; samples from the EMA model at
+    every `every` steps and at the last; the last picture shows the last step and the full loss."""
+    fake = FakeDisplay()
+    view = LiveTrainingView(every=3, n_images=4, steps=2, min_seconds=3600, display=fake)
+    dataset = load_dataset("synthetic", 16, max_images=64, seed=0)
+    grid_steps = []
+    step = view.step
+    view.step = lambda s, loss: (step(s, loss), grid_steps.append(view.grid_step))
+    result = train(tiny_config(max_images=64, num_epochs=2), tmp_path, dataset=dataset, progress=False,
+                   on_start=view.start, on_step=view.step)
+    assert len(fake.shown) == 1 and view.total_steps == len(result.losses) == 8
+    assert sorted(set(grid_steps) - {0}) == [3, 6, 8]  # every 3 steps, and the last
+    assert len(fake.updates) == 3  # min_seconds is huge: a redraw only with new samples
+    last = fake.updates[-1]
+    assert repr(last).startswith("training: step 8/8 (100%) · epoch 2/2 · loss ")
+    with Image.open(io.BytesIO(last._repr_png_())) as im:
+        assert 500 <= im.size[0] <= 1000  # laptop-sized
+    loss_axes = view.figure().axes[0]
+    assert len(loss_axes.lines[0].get_xdata()) == 8  # raw loss, every step; and its moving average
+    assert len(loss_axes.lines) == 2
+    ema_samples = sample(result.ema_model, result.schedule, 4, sampler="dpmpp", steps=2, x_T=view.noise,
+                         progress=False)
+    assert torch.equal(view.grid, ((ema_samples.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from check_slider_in_browser import Checks, notebook_in_browser
+from browser_notebook import Checks, notebook_in_browser
 
 UNTRAINED = (
     "torch.manual_seed(0)\n"

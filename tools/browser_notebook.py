@@ -1,4 +1,4 @@
-"""Check the denoising slider in a real browser: JupyterLab + headless Chromium, driven by Playwright.
+"""JupyterLab + headless Chromium machinery for the browser checks (notebook_in_browser, Checks), and a slider check.
 
     pip install playwright            # the Python package; no browser download needed
     python tools/check_slider_in_browser.py --chromium /usr/bin/chromium --screenshots /tmp/slider
