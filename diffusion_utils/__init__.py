@@ -27,6 +27,7 @@ from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_
 from .data import ImageDataset, batches_per_epoch, load_dataset, make_synthetic_flowers
 from .errors import CheckpointError, ConfigError, DataError, DiffusionError, RunFolderError, TrainingDiverged
 from .editing import box_mask, inpaint, sdedit
+from .guidance import GuidedModel
 from .evaluation import SamplerRun, evaluate_samplers
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
                       compute_kid, default_feature_extractor, extract_features)
@@ -54,7 +55,7 @@ __all__ = [
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",
-    "GuidanceWidget", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
+    "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     # what the notebooks use, so that they import only the top level
     "LiveTrainingView", "ResidualBlock", "SelfAttention", "batches_per_epoch", "default_feature_extractor",
     "ema_decay_at", "layer_shapes", "parameter_table", "plot_time_embedding", "plot_unet", "unet_levels",

@@ -329,7 +329,7 @@ def test_flowers102_loads_the_present_images_of_all_three_splits(flowers_root, t
     assert ds.labels.tolist() == [int(official[i - 1]) - 1 for i in order]
     assert ds.num_classes == 102 and ds.class_names[0] == "pink primrose" and ds.class_names[53] == "sunflower"
     assert "Flowers102" in ds.source
-    assert repr(ds) == f"ImageDataset(flowers102: 60 images of {S}×{S})"  # no path in printed outputs
+    assert repr(ds) == f"ImageDataset(flowers102: 60 images of {S}×{S}, 102 classes)"  # no path in printed outputs
     as_folder = load_dataset(str(jpg), S, cache_dir=tmp_path / "cache", progress=False)
     assert as_folder.name == "flowers102" and str(jpg) in as_folder.source  # its jpg folder: still flowers102
     assert not any(p.name.startswith(".diffusion_cache") for p in root.rglob("*"))
