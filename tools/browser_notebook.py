@@ -1,20 +1,13 @@
-"""JupyterLab + headless Chromium machinery for the browser checks (notebook_in_browser, Checks), and a slider check.
+"""JupyterLab + headless Chromium, driven by Playwright, for the browser checks in tools/.
 
-    pip install playwright            # the Python package; no browser download needed
-    python tools/check_slider_in_browser.py --chromium /usr/bin/chromium --screenshots /tmp/slider
-
-Starts a JupyterLab server on a free local port with a scratch notebook that samples a model
-(``--checkpoint``, or a small untrained UNet) with ``return_trajectory=True`` and shows
-``denoising_slider(trajectory)``.
-Then, in the browser: runs the notebook, waits for the widget to render, moves the slider with the
-keyboard, checks that the image and the "t = …" label change with it, presses Play and checks the
-slider advances on its own. Screenshots of each stage are saved. Exit status 0 when every check
-passes. Not part of the test suite: it needs Chromium and a few seconds of a real browser.
+``notebook_in_browser(cells, chromium)`` starts JupyterLab on a free local port with a scratch
+notebook of ``cells``, runs it in Chromium and yields the page; ``Checks`` counts and prints the
+checks. Used by ``check_guidance_widget_in_browser.py``; needs ``pip install playwright`` and a
+Chromium (``/usr/bin/chromium`` on Debian). Not part of the test suite.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -32,27 +25,13 @@ UNTRAINED = (
 )
 
 
-def notebook_cells(checkpoint: str | None) -> list[str]:
-    """A sampling cell (a trained checkpoint's EMA model, or a small untrained UNet) and the slider."""
-    load = f"model, schedule, _ = load_model({checkpoint!r})\n" if checkpoint else UNTRAINED
-    return [
-        "import torch\n"
-        "from diffusion_utils import NoiseSchedule, UNet, denoising_slider, load_model, sample\n"
-        "torch.manual_seed(0)\n" + load +
-        "_, trajectory = sample(model, schedule, 4, sampler='ddim', steps=40, generator=torch.Generator().manual_seed(0),\n"
-        "                       return_trajectory=True, progress=False)\n"
-        "print('frames:', len(trajectory))",
-        "slider = denoising_slider(trajectory, max_images=4, nrow=2, scale=4, interval_ms=40)\nslider",
-    ]
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def write_notebook(folder: Path, cells: list[str], name: str = "slider_check.ipynb") -> Path:
+def write_notebook(folder: Path, cells: list[str], name: str = "check.ipynb") -> Path:
     cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": src}
              for src in cells]
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -120,47 +99,3 @@ class Checks:
         print(("PASS  " if ok else "FAIL  ") + what)
         if not ok:
             self.failures.append(what)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--screenshots", default="slider_screenshots")
-    parser.add_argument("--checkpoint", default=None,
-                        help="sample a trained model (e.g. notebooks/outputs/diffusion_unet_pixels.pth) "
-                             "instead of an untrained one")
-    args = parser.parse_args()
-    shots = Path(args.screenshots)
-    shots.mkdir(parents=True, exist_ok=True)
-    check = Checks()
-    with notebook_in_browser(notebook_cells(str(Path(args.checkpoint).resolve()) if args.checkpoint else None),
-                             args.chromium, "slider_check.ipynb") as page:
-        page.wait_for_selector(".widget-slider, .jupyter-widgets.widget-slider", timeout=180_000)
-        img = page.locator(".jupyter-widgets img, .widget-image").first
-        img.wait_for(timeout=60_000)
-        label = page.locator(".widget-label").filter(has_text="t = ").first
-        page.screenshot(path=str(shots / "1_rendered.png"))
-        first_src, first_label = img.get_attribute("src"), label.inner_text()
-        check(bool(first_src) and "pure noise" in first_label, f"slider rendered at frame 0: {first_label!r}")
-
-        handle = page.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").first
-        handle.click()
-        for _ in range(20):
-            page.keyboard.press("ArrowRight")
-        time.sleep(0.5)
-        page.screenshot(path=str(shots / "2_moved.png"))
-        moved_src, moved_label = img.get_attribute("src"), label.inner_text()
-        check(moved_src != first_src, "moving the slider changes the image")
-        check(moved_label != first_label and moved_label.startswith("t = "), f"label follows: {moved_label!r}")
-
-        page.locator(".widget-play button, .jupyter-widgets button").first.click()  # Play
-        time.sleep(3)
-        page.screenshot(path=str(shots / "3_played.png"))
-        played_label = label.inner_text()
-        check(played_label != moved_label, f"Play advances the slider: {played_label!r}")
-    print(f"screenshots in {shots}/")
-    return 1 if check.failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
