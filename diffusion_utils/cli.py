@@ -15,6 +15,7 @@ with status 2, before anything on disk is written; warnings are one line each to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
 from .config import MAX_SEED, PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
@@ -80,7 +82,7 @@ TRAIN_OVERRIDES = {
     "data": ("data", str, "flowers102, synthetic, or a folder of images"),
     "data_root": ("data_root", str, "where Flowers102 is (or will be downloaded)"),
     "epochs": ("num_epochs", _positive_int, "number of epochs"),
-    "batch_size": ("batch_size", _positive_int, "batch size"),
+    "batch_size": ("batch_size", _positive_int, "global batch size (split evenly across torchrun processes)"),
     "img_size": ("img_size", _positive_int, "image height = width in pixels"),
     "max_images": ("max_images", _positive_int, "train on a random subset of this many images"),
     "lr": ("lr", float, "AdamW learning rate"),
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "unconditional model into a class-conditional one)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in OUT")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tr.add_argument("--backend", choices=distributed.BACKENDS, default="auto",
+                    help="under torchrun: how the processes talk (default auto: nccl on CUDA GPUs, gloo on the CPU)")
 
     sa = commands.add_parser("sample", help="generate images from a checkpoint or pretrained weights")
     source = sa.add_mutually_exclusive_group(required=True)
@@ -175,35 +179,47 @@ def train_overrides(args) -> dict:
 
 def run_train(args) -> int:
     # The output folder first: a bad --out is refused before anything is loaded or trained.
-    with lock_run_folder(check_output_folder(args.out, TRAIN_OUTPUTS)) as out:
-        return _run_train(args, out)
+    out = check_output_folder(args.out, TRAIN_OUTPUTS)
+    config = _train_config(args, out)
+    # Under torchrun, join the other processes; rank 0 alone locks and writes the output folder.
+    with distributed.process_group(config.device, args.backend) as ranks:
+        with lock_run_folder(out) if ranks.is_main else contextlib.nullcontext(out):
+            return _run_train(args, out, config, ranks)
 
 
-def _run_train(args, out: Path) -> int:
+def _train_config(args, out: Path) -> TrainConfig:
+    """The run's config: the preset (or the environment's) with the flags applied, or on
+    ``--resume`` the checkpoint's own settings, changed only where a flag was given (e.g. --epochs)."""
     overrides = train_overrides(args)
     ckpt = out / CHECKPOINT_NAME
     if args.resume and args.init_from:
         raise DiffusionError("--resume continues a run and --init-from starts a new one; pass only one")
     if args.resume:
-        # The checkpoint's own settings, changed only where a flag was given (e.g. --epochs).
         saved = load_checkpoint(ckpt)["config"]
         config = saved.replace(**overrides)
         check_compatible(saved, config, ckpt)
-    else:
-        if ckpt.exists() and not args.overwrite:
-            raise DiffusionError(f"{ckpt} already exists; pass --resume to continue it, --overwrite "
-                                 f"to replace it, or --out to choose another folder")
-        config = (TrainConfig.preset(args.preset, **overrides) if args.preset
-                  else TrainConfig.from_env(**overrides))
+        return config
+    if ckpt.exists() and not args.overwrite:
+        raise DiffusionError(f"{ckpt} already exists; pass --resume to continue it, --overwrite "
+                             f"to replace it, or --out to choose another folder")
+    return TrainConfig.preset(args.preset, **overrides) if args.preset else TrainConfig.from_env(**overrides)
+
+
+def _run_train(args, out: Path, config: TrainConfig, ranks: distributed.Ranks) -> int:
     device = resolve_device(config.device)
     # Load the data before announcing the run, so that bad --data prints only its error line.
-    dataset = load_dataset(config.data, config.img_size, root=config.data_root, max_images=config.max_images,
-                           seed=config.seed, progress=not args.no_progress)
+    with distributed.main_first(ranks):  # rank 0 fills the image cache, the others read it
+        dataset = load_dataset(config.data, config.img_size, root=config.data_root, max_images=config.max_images,
+                               seed=config.seed, progress=not args.no_progress and ranks.is_main)
     if args.init_from:
         load_checkpoint(args.init_from)  # a one-line error for a bad file before the run starts
-    print(f"Training on {device} with {_describe(config, dataset)} → {out}/", file=sys.stderr)
+    on = f"{ranks.world_size} processes on {device}" if ranks.active else str(device)
+    if ranks.is_main:
+        print(f"Training on {on} with {_describe(config, dataset)} → {out}/", file=sys.stderr)
     result = train(config, out, dataset=dataset, resume=args.resume, init_from=args.init_from,
                    progress=not args.no_progress)
+    if not ranks.is_main:
+        return 0
     rate = result.images_seen / max(result.seconds, 1e-9)
     print(f"Done: {len(result.losses)} steps in {result.seconds:.0f} s ({rate:.0f} images/s); "
           f"final loss {sum(result.losses[-50:]) / len(result.losses[-50:]):.4f}.\n"

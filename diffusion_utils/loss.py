@@ -27,7 +27,8 @@ from .schedule import NoiseSchedule
 def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, *,
                    generator: torch.Generator | None = None, loss_weighting: str = "none",
                    snr_gamma: float = 5.0, autocast_dtype: torch.dtype | None = None,
-                   y: torch.Tensor | None = None, p_uncond: float = 0.0) -> torch.Tensor:
+                   y: torch.Tensor | None = None, p_uncond: float = 0.0,
+                   shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """The loss of one batch, a scalar tensor (Algorithm 1, lines 2–5).
 
     Args:
@@ -43,15 +44,23 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
         p_uncond: with ``y``, each label is replaced by the "no class" token with this
             probability (drawn from ``generator`` after t and ε), so the network also learns the
             unconditional model that classifier-free guidance needs (Ho & Salimans 2022).
+        shard: ``(rank, world_size)`` when ``x0`` is one of ``world_size`` equal slices of a
+            global batch (:mod:`~diffusion_utils.distributed`): t, ε and the label drops are drawn
+            for the whole global batch and this rank keeps its slice, so N processes draw what one
+            process would. ``(0, 1)``: ``x0`` is the whole batch.
     """
-    prediction = getattr(model, "prediction", "eps")
+    net = getattr(model, "module", model)  # the UNet itself when wrapped in DistributedDataParallel
+    prediction = getattr(net, "prediction", "eps")
+    rank, world_size = shard
     b = x0.shape[0]
-    t = torch.randint(0, schedule.n_steps, (b,), device=x0.device, generator=generator)  # t ~ U{1…T}
-    eps = torch.randn(x0.shape, device=x0.device, generator=generator)  # ε ~ N(0, I)
+    n = b * world_size  # the global batch
+    mine = slice(rank * b, (rank + 1) * b)  # this process's rows of it
+    t = torch.randint(0, schedule.n_steps, (n,), device=x0.device, generator=generator)[mine]  # t ~ U{1…T}
+    eps = torch.randn((n, *x0.shape[1:]), device=x0.device, generator=generator)[mine]  # ε ~ N(0, I)
     x_t = schedule.q_sample(x0, t, eps)  # xₜ = √ᾱₜ x₀ + √(1−ᾱₜ) ε
     if y is not None and p_uncond > 0:  # label dropout: c → ∅ with probability p_uncond
-        drop = torch.rand(b, device=x0.device, generator=generator) < p_uncond
-        y = torch.where(drop, torch.full_like(y, model.null_class), y)
+        drop = (torch.rand(n, device=x0.device, generator=generator) < p_uncond)[mine]
+        y = torch.where(drop, torch.full_like(y, net.null_class), y)
     autocast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     with autocast:

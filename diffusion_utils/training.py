@@ -12,6 +12,10 @@ loss, or weights that became NaN or infinite, stop the run and name the step; on
 are ever saved, so the checkpoint on disk is the last good one. The output folder is locked for
 the whole run (:func:`~diffusion_utils.files.lock_run_folder`): a second run there is refused.
 
+Launched by ``torchrun`` on several processes, the same loop trains with DistributedDataParallel:
+each rank takes its slice of every global batch, and rank 0 alone keeps the EMA and writes files
+(:mod:`~diffusion_utils.distributed` says what is global and what is per rank).
+
 Steps are counted from 1, as the progress bar and ``on_step`` count them: "step k" in a message
 is the k-th optimiser step of the run, whether it failed (NaN), or was the last one before Ctrl-C.
 
@@ -23,6 +27,7 @@ settings, or to fine-tune an unconditional model into a class-conditional one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -34,6 +39,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, check_compatible, first_non_finite, load_checkpoint, load_model,
                          save_checkpoint)
 from .config import TrainConfig, bf16_available, resolve_device
@@ -105,13 +111,17 @@ class TrainState:
     It builds a fresh run from a config (the initial weights from ``config.seed``), turns itself
     into the checkpoint's dict (:meth:`state_dict`) and back (:meth:`load_state_dict`).
     ``data_rng`` shuffles and flips (on the CPU); ``noise_rng`` draws t and ε (on ``device``).
+    With several processes (``ranks``), ``network`` is ``model`` in DistributedDataParallel; every
+    rank holds the same state (the EMA is updated on rank 0 only).
     """
 
-    def __init__(self, config: TrainConfig, device: torch.device):
+    def __init__(self, config: TrainConfig, device: torch.device, ranks: distributed.Ranks = distributed.SINGLE):
         self.config = config
         self.device = device
+        self.ranks = ranks
         torch.manual_seed(config.seed)  # the initial weights
         self.model = UNet.from_config(config).to(device)
+        self.network = distributed.wrap(self.model, device, ranks)  # what the loss calls
         self.ema = make_ema(self.model, config.ema_decay, config.ema_gamma)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
@@ -157,24 +167,28 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
     """One optimiser step of Algorithm 1 on the batch ``x0`` (B, C, H, W) in [-1, 1]; returns the loss.
 
     ``y``: the batch's class labels (B,) for a class-conditional model. Raises
-    :class:`TrainingDiverged` (before touching the weights) if the loss is not finite.
+    :class:`TrainingDiverged` (before touching the weights) if the loss is not finite. With several
+    processes, ``x0`` is this rank's slice of the global batch and the loss returned is the
+    global batch's (the same on every rank).
     """
-    config = state.config
-    loss = diffusion_loss(state.model, state.schedule, x0.to(state.device, non_blocking=True),
+    config, ranks = state.config, state.ranks
+    loss = diffusion_loss(state.network, state.schedule, x0.to(state.device, non_blocking=True),
                           generator=state.noise_rng, loss_weighting=config.loss_weighting,
                           snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype,
-                          y=None if y is None else y.to(state.device), p_uncond=config.p_uncond)
-    loss_value = loss.item()
+                          y=None if y is None else y.to(state.device), p_uncond=config.p_uncond,
+                          shard=(ranks.rank, ranks.world_size))
+    loss_value = distributed.mean_over_ranks(loss.detach(), ranks).item()
     if not math.isfinite(loss_value):
         raise TrainingDiverged(f"loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
                                f"lower lr (now {config.lr}) or check the data")
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # ∇θ of the loss
+    loss.backward()  # ∇θ of the loss (DDP: averaged over the ranks, so it is the global batch's)
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(config, state.step)
     state.optimizer.step()
-    state.ema.update_parameters(state.model)
+    if ranks.is_main:
+        state.ema.update_parameters(state.model)
     state.step += 1
     state.batch_in_epoch += 1
     state.losses.append(loss_value)
@@ -250,29 +264,38 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
     written or another run is using it, and :class:`TrainingInterrupted` on Ctrl-C.
     """
     config.validate()  # again: a notebook may have changed a field since the config was built
-    with lock_run_folder(check_output_folder(out_dir, TRAIN_OUTPUTS)) as out_dir:
-        remove_stale_temp_files(out_dir, CHECKPOINT_NAME)  # left by a killed run; no live writer now
+    out_dir = check_output_folder(out_dir, TRAIN_OUTPUTS)
+    ranks = distributed.current()
+    # Rank 0 alone writes into out_dir, so it alone locks it (the others would be refused).
+    with lock_run_folder(out_dir) if ranks.is_main else contextlib.nullcontext(out_dir) as out_dir:
+        if ranks.is_main:
+            remove_stale_temp_files(out_dir, CHECKPOINT_NAME)  # left by a killed run; no live writer now
         return _train(config, out_dir, dataset=dataset, resume=resume, init_from=init_from, progress=progress,
-                      on_step=on_step, on_start=on_start, cache_dir=cache_dir)
+                      on_step=on_step, on_start=on_start, cache_dir=cache_dir, ranks=ranks)
 
 
 def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, progress, on_step, on_start,
-           cache_dir) -> TrainResult:
+           cache_dir, ranks: distributed.Ranks) -> TrainResult:
     """:func:`train`, with ``out_dir`` locked."""
     ckpt_path = out_dir / CHECKPOINT_NAME
     device = resolve_device(config.device)
+    if device.type == "cuda" and ranks.active:
+        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's GPU
+    progress = progress and ranks.is_main
     if dataset is None:
-        dataset = load_dataset(config.data, config.img_size, root=config.data_root,
-                               max_images=config.max_images, seed=config.seed,
-                               cache_dir=cache_dir, progress=progress)
+        with distributed.main_first(ranks):  # rank 0 fills the image cache, the others read it
+            dataset = load_dataset(config.data, config.img_size, root=config.data_root,
+                                   max_images=config.max_images, seed=config.seed,
+                                   cache_dir=cache_dir, progress=progress)
     if dataset.img_size != config.img_size:
         raise ConfigError(f"the dataset's images are {dataset.img_size} px but img_size is {config.img_size}")
     if resume and init_from is not None:
         raise ConfigError("resume continues a run and init_from starts a new one; pass only one")
     config = with_classes_of(config, dataset)
     labels = dataset.labels if config.num_classes else None
+    distributed.shard_size(min(config.batch_size, len(dataset)), ranks)  # the batch must split evenly
 
-    state = TrainState(config, device)
+    state = TrainState(config, device, ranks)
     if init_from is not None:
         init_weights_from(state, init_from)
     grid_noise = torch.randn(config.sample_grid_n, 3, config.img_size, config.img_size,
@@ -293,7 +316,7 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
     if state.step > total_steps:
         raise ConfigError(f"the checkpoint is already at step {state.step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")
-    if on_start is not None:
+    if on_start is not None and ranks.is_main:
         on_start(state, total_steps)
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
     start_time, start_step = time.perf_counter(), state.step
@@ -306,17 +329,22 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
 
     def check_finite() -> None:
         """Stop, keeping the last good checkpoint, once the weights are no longer finite."""
-        bad = first_non_finite(state.model.state_dict()) or first_non_finite(state.ema.module.state_dict())
-        if bad:
+        bad = first_non_finite(state.model.state_dict())
+        if ranks.is_main:  # the EMA lives on rank 0
+            bad = bad or first_non_finite(state.ema.module.state_dict())
+        if distributed.any_rank(bool(bad), ranks, device):
+            bad = bad or "on rank 0"
             raise TrainingDiverged(f"weights became NaN or infinite at step {state.step} (epoch "
                                    f"{min(state.epoch + 1, config.num_epochs)}, {bad}); lower lr (now {config.lr}) "
                                    f"or check the data; {last_good()}")
 
     def save(data_rng_state: torch.Tensor) -> None:
-        """Write the checkpoint: only finite weights are ever saved."""
+        """Write the checkpoint (rank 0; the others wait): only finite weights are ever saved."""
         nonlocal saved_step
         check_finite()
-        save_checkpoint(ckpt_path, state.state_dict(data_rng_state))
+        if ranks.is_main:
+            save_checkpoint(ckpt_path, state.state_dict(data_rng_state))
+        distributed.barrier(ranks)
         saved_step = state.step
 
     try:
@@ -324,7 +352,8 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
             while state.epoch < config.num_epochs:  # Algorithm 1: repeat …
                 epoch_start_rng = state.data_rng.get_state()
                 for batch in epoch_batches(dataset.images, config.batch_size, state.data_rng,
-                                           start=state.batch_in_epoch, labels=labels):
+                                           start=state.batch_in_epoch, labels=labels,
+                                           shard=(ranks.rank, ranks.world_size)):
                     x0, y = batch if labels is not None else (batch, None)
                     try:
                         loss_value = train_step(state, x0, y)
@@ -332,16 +361,16 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
                         raise TrainingDiverged(f"{err}; {last_good()}") from None
                     bar.update(1)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{config.num_epochs}", loss=f"{loss_value:.4f}")
-                    if on_step is not None:
+                    if on_step is not None and ranks.is_main:
                         on_step(state.step, loss_value)
-                    if stop.requested:
+                    if distributed.any_rank(stop.requested, ranks, device):  # Ctrl-C on any rank
                         save(epoch_start_rng)
                         raise TrainingInterrupted(f"interrupted after step {state.step} of {total_steps}; "
                                                   f"checkpoint saved to {ckpt_path}", ckpt_path)
                 state.epoch += 1  # … until converged (here: num_epochs)
                 state.batch_in_epoch = 0
                 check_finite()  # before the epoch's grid too: no figure from broken weights
-                if state.epoch % config.sample_every == 0 or state.epoch == config.num_epochs:
+                if ranks.is_main and (state.epoch % config.sample_every == 0 or state.epoch == config.num_epochs):
                     grid = _sample_grid(state.ema.module, state.schedule, config, grid_noise)
                     state.epoch_grids[state.epoch] = grid
                     save_grid(grid, out_dir / "samples" / f"epoch_{state.epoch:03d}.png")
@@ -355,9 +384,9 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
     finally:
         bar.close()
     seconds = time.perf_counter() - start_time
-    if state.losses:
+    if state.losses and ranks.is_main:
         plot_loss(state.losses, out_dir / "loss.png")
-    if state.epoch_grids:
+    if state.epoch_grids and ranks.is_main:
         plot_epoch_table(state.epoch_grids, out_dir / "epoch_samples.png")
     return TrainResult(config=config, model=state.model, ema_model=state.ema.module, schedule=state.schedule,
                        losses=state.losses, epoch_grids=state.epoch_grids, checkpoint_path=ckpt_path,
