@@ -256,7 +256,7 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
         on_start: optional ``callback(state, total_steps)``, once before the first step, with the
             run's :class:`TrainState` (its model, EMA, schedule and losses, which on_step can then
             read) and the step count the run will end at. :class:`~diffusion_utils.LiveTrainingView`
-            uses both hooks.
+            uses both hooks. Under torchrun, both are called on every rank.
         cache_dir: where decoded images are cached (see :mod:`diffusion_utils.data`).
 
     Raises :class:`TrainingDiverged` when the loss or the weights stop being finite (the last good
@@ -316,7 +316,7 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
     if state.step > total_steps:
         raise ConfigError(f"the checkpoint is already at step {state.step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")
-    if on_start is not None and ranks.is_main:
+    if on_start is not None:
         on_start(state, total_steps)
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress)
     start_time, start_step = time.perf_counter(), state.step
@@ -361,7 +361,7 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
                         raise TrainingDiverged(f"{err}; {last_good()}") from None
                     bar.update(1)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{config.num_epochs}", loss=f"{loss_value:.4f}")
-                    if on_step is not None and ranks.is_main:
+                    if on_step is not None:
                         on_step(state.step, loss_value)
                     if distributed.any_rank(stop.requested, ranks, device):  # Ctrl-C on any rank
                         save(epoch_start_rng)
