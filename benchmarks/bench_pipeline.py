@@ -161,7 +161,7 @@ def main() -> None:
     ours, decode_s = project(config, args.data_root, device, args.steps, args.warmup)
     autocast = "bf16 autocast" if config.bf16 and bf16_available(device) else "float32"
     print(f"model: {flops / 1e9:.2f} GFLOP per training image (forward + backward)")
-    print(f"{"pipeline":<56} {'images/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
+    print(f"{'pipeline':<56} {'images/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
     for label, rate in ((f"original-style (JPEG DataLoader, {args.workers} workers, float32)", original),
                         (f"project (in-memory uint8, {autocast})", ours)):
         achieved = rate * flops / 1e12
