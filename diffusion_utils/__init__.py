@@ -8,6 +8,7 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers
 - :mod:`~diffusion_utils.loss` — :func:`diffusion_loss`, Algorithm 1: the training loss in one function
 - :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
+- :mod:`~diffusion_utils.distributed` — several processes under ``torchrun`` (DistributedDataParallel)
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
 - :mod:`~diffusion_utils.files` — output-folder checks, atomic writes, the run-folder lock
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
