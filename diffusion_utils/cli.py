@@ -180,10 +180,10 @@ def train_overrides(args) -> dict:
 def run_train(args) -> int:
     # The output folder first: a bad --out is refused before anything is loaded or trained.
     out = check_output_folder(args.out, TRAIN_OUTPUTS)
-    config = _train_config(args, out)
-    # Under torchrun, join the other processes; rank 0 alone locks and writes the output folder.
-    with distributed.process_group(config.device, args.backend) as ranks:
-        with lock_run_folder(out) if ranks.is_main else contextlib.nullcontext(out):
+    # Under torchrun, rank 0 alone locks and writes the output folder; every rank joins the others.
+    with lock_run_folder(out) if distributed.launched_rank() == 0 else contextlib.nullcontext(out):
+        config = _train_config(args, out)
+        with distributed.process_group(config.device, args.backend) as ranks:
             return _run_train(args, out, config, ranks)
 
 

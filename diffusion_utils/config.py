@@ -11,6 +11,8 @@ Two environment variables let notebooks and CI switch mode without editing a cel
 - ``DIFFUSION_PRESET``: ``quick`` or ``full`` (what :meth:`TrainConfig.from_env` starts from;
   unset: ``full`` on a CUDA GPU, ``quick`` elsewhere).
 - ``DIFFUSION_DATA``: ``flowers102``, ``synthetic`` or a path to a folder of images.
+- ``DIFFUSION_EPOCHS``: train this many epochs instead of the preset's (CI sets 2, so the notebooks
+  only check that training runs; a learner leaves it unset).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .schedule import LOSS_WEIGHTINGS, PREDICTIONS
 
 PRESET_ENV = "DIFFUSION_PRESET"
 DATA_ENV = "DIFFUSION_DATA"
+EPOCHS_ENV = "DIFFUSION_EPOCHS"
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SCHEDULES = ("linear", "cosine")
 # Upper bounds of the sizes: far above any sensible run, low enough that a typo (a step count in
@@ -205,7 +208,8 @@ class TrainConfig:
 
     @classmethod
     def from_env(cls, default_preset: str = "auto", **overrides) -> "TrainConfig":
-        """The preset named by ``$DIFFUSION_PRESET`` and the data named by ``$DIFFUSION_DATA``.
+        """The preset named by ``$DIFFUSION_PRESET``, the data named by ``$DIFFUSION_DATA`` and the
+        epochs of ``$DIFFUSION_EPOCHS`` (each only where set).
 
         Notebooks call this in their config cell so CI can run them in quick mode on local
         data without editing a cell. With neither the variable nor ``default_preset`` naming a
@@ -215,6 +219,12 @@ class TrainConfig:
         name = preset_from_env(default_preset)
         if os.environ.get(DATA_ENV):
             overrides.setdefault("data", os.environ[DATA_ENV])
+        epochs = os.environ.get(EPOCHS_ENV, "").strip()
+        if epochs:
+            if not epochs.isdigit():
+                raise ConfigError(f"{EPOCHS_ENV}={epochs!r} must be a whole number of epochs; set it to e.g. 2, "
+                                  f"or unset it for the preset's")
+            overrides.setdefault("num_epochs", int(epochs))
         return cls.preset(name, **overrides)
 
 

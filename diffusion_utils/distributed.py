@@ -76,6 +76,15 @@ def launched_world_size() -> int:
                           f"torchrun --nproc_per_node=N, or unset it") from None
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` set it (its ``RANK``; 0 without torchrun), known
+    before the process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0")) if launched_world_size() > 1 else 0
+    except ValueError:
+        raise ConfigError(f"RANK={os.environ['RANK']!r} is not a number; launch with torchrun, or unset it") from None
+
+
 @contextlib.contextmanager
 def process_group(device: str = "auto", backend: str = "auto", timeout_minutes: float = 60):
     """Join ``torchrun``'s process group for the duration; yields this rank's :class:`Ranks`.
@@ -174,5 +183,5 @@ def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-__all__ = ["Ranks", "SINGLE", "BACKENDS", "current", "launched_world_size", "process_group", "shard",
+__all__ = ["Ranks", "SINGLE", "BACKENDS", "current", "launched_world_size", "launched_rank", "process_group", "shard",
            "shard_size", "mean_over_ranks", "any_rank", "barrier", "main_first", "wrap"]

@@ -223,7 +223,8 @@ def init_weights_from(state: TrainState, path: str | Path) -> None:
                               f"{state.config.num_classes}; start from a checkpoint with the same classes")
     model, _, _ = load_model(path)
     missing, _ = state.model.load_state_dict(model.state_dict(), strict=False)
-    assert set(missing) <= {"class_embedding.weight"}, missing  # check_compatible guarantees the rest
+    if set(missing) - {"class_embedding.weight"}:  # check_compatible rules this out; say so if not
+        raise CheckpointError(f"{path} lacks {', '.join(sorted(missing))}; start from a checkpoint of this network")
     state.ema.module.load_state_dict(state.model.state_dict())
 
 

@@ -72,6 +72,7 @@ def _isolated_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFUSION_CACHE_DIR", str(tmp_path / "_cache"))
     monkeypatch.delenv("DIFFUSION_PRESET", raising=False)
     monkeypatch.delenv("DIFFUSION_DATA", raising=False)
+    monkeypatch.delenv("DIFFUSION_EPOCHS", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion_utils import DATA_ENV, PRESET_ENV, ConfigError, TrainConfig, UNet
+from diffusion_utils.config import EPOCHS_ENV
 
 
 def test_defaults_are_the_original_design():
@@ -112,6 +113,22 @@ def test_from_env_reads_preset_and_data(monkeypatch):
     assert TrainConfig.from_env() == TrainConfig(data="/data/flowers")
     monkeypatch.setenv(PRESET_ENV, "huge")
     with pytest.raises(ConfigError, match="preset"):
+        TrainConfig.from_env()
+
+
+def test_from_env_reads_the_epochs_and_refuses_a_bad_count(monkeypatch):
+    """DIFFUSION_EPOCHS replaces the preset's epochs (CI's short notebook run); an explicit
+    num_epochs still wins, and a value that is not a whole number is one line naming the variable."""
+    monkeypatch.setenv(PRESET_ENV, "quick")
+    monkeypatch.setenv(EPOCHS_ENV, " 2 ")
+    assert TrainConfig.from_env() == TrainConfig.preset("quick", num_epochs=2)
+    assert TrainConfig.from_env(num_epochs=5).num_epochs == 5
+    for bad in ("two", "-1", "2.5"):
+        monkeypatch.setenv(EPOCHS_ENV, bad)
+        with pytest.raises(ConfigError, match=f"DIFFUSION_EPOCHS={bad!r} must be a whole number"):
+            TrainConfig.from_env()
+    monkeypatch.setenv(EPOCHS_ENV, "0")
+    with pytest.raises(ConfigError, match="num_epochs"):
         TrainConfig.from_env()
 
 
