@@ -160,3 +160,19 @@ def test_torchrun_trains_through_the_cli_and_refuses_a_batch_that_does_not_split
     assert errors == ["error: the batch of 15 images does not split evenly across 2 processes; use a "
                       "batch_size divisible by 2, or another --nproc_per_node"] * 2
     assert not (tmp_path / "bad" / CHECKPOINT_NAME).exists()
+
+
+def test_without_torchrun_there_is_one_process_and_bad_variables_are_named(monkeypatch):
+    """No WORLD_SIZE: rank 0 of 1 and process_group() does nothing; a WORLD_SIZE or RANK that is
+    not a number is one line naming it."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert (distributed.launched_world_size(), distributed.launched_rank()) == (1, 0)
+    with distributed.process_group("cpu") as ranks:
+        assert ranks == distributed.SINGLE and not ranks.active and ranks.is_main
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not a number"):
+        distributed.launched_world_size()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ConfigError, match="RANK='x' is not a number"):
+        distributed.launched_rank()
