@@ -32,6 +32,17 @@ from diffusion_utils import load_dataset, load_model, load_pretrained
 from diffusion_utils.metrics import InceptionFeatures, extract_features
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command line for the table, without ``--features-cache``: where this machine keeps its
+    cache is no setting of the measurement, and readers should not see its paths."""
+    words = list(argv)
+    if "--features-cache" in words:
+        i = words.index("--features-cache")
+        del words[i:i + 2]
+    words = [w for w in words if not w.startswith("--features-cache=")]
+    return "python " + " ".join(shlex.quote(w) for w in words)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -76,7 +87,7 @@ def main() -> None:
     if {k: table.get(k) for k in settings} != settings:
         table = {}
     rows = {row["guidance_scale"]: row for row in table.get("rows", [])}
-    table.update(settings, command="python " + " ".join(shlex.quote(a) for a in sys.argv),
+    table.update(settings, command=recorded_command(sys.argv),
                  floor=score("real floor", real["floor"], real["ref"]), torch=torch.__version__)
     for w in scales:
         if w in rows:
