@@ -12,7 +12,8 @@ What is global and what is per rank:
   images, and DDP averages the N gradients, so the step is the step of the whole batch.
 - Every rank draws the same shuffle and flips (from the data seed, as ``DistributedSampler`` does
   with ``set_epoch``) and the same timesteps t, noise ε and label drops for the *whole* global
-  batch (from the noise seed), and keeps its own slice (:func:`shard`): rank r takes images
+  batch (from the noise seed), and keeps its own slice (the ``shard=(rank, N)`` argument of
+  ``epoch_batches`` and ``diffusion_loss``): rank r takes images
   r·b … (r+1)·b − 1. Ranks never use the same ε, and a run on N processes is the run on one
   process with the same batch — up to float rounding in the gradient all-reduce — so the same
   config means the same optimisation on 1 or N processes, and a checkpoint resumes on any
@@ -130,12 +131,6 @@ def shard_size(batch: int, ranks: Ranks) -> int:
     return batch // ranks.world_size
 
 
-def shard(x: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """This rank's slice of a global batch ``x`` (B, …): rows r·b … (r+1)·b − 1, b = B / N."""
-    b = shard_size(len(x), ranks)
-    return x[ranks.rank * b:(ranks.rank + 1) * b]
-
-
 def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """The mean of a scalar tensor over all ranks (itself for one process). A NaN on any rank
     makes the mean NaN everywhere, so every rank stops at the same step."""
@@ -183,5 +178,5 @@ def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-__all__ = ["Ranks", "SINGLE", "BACKENDS", "current", "launched_world_size", "launched_rank", "process_group", "shard",
+__all__ = ["Ranks", "SINGLE", "BACKENDS", "current", "launched_world_size", "launched_rank", "process_group",
            "shard_size", "mean_over_ranks", "any_rank", "barrier", "main_first", "wrap"]
