@@ -86,6 +86,7 @@ TRAIN_OVERRIDES = {
     "img_size": ("img_size", _positive_int, "image height = width in pixels"),
     "max_images": ("max_images", _positive_int, "train on a random subset of this many images"),
     "lr": ("lr", float, "AdamW learning rate"),
+    "lr_decay": ("lr_decay", str, "after the warm-up: none (constant) or cosine (down to 0 at the run's end)"),
     "n_steps": ("n_steps", _positive_int, "diffusion steps T"),
     "schedule": ("schedule", str, "linear or cosine"),
     "beta_start": ("beta_start", float, "first beta of the linear schedule"),

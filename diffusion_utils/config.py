@@ -33,6 +33,7 @@ DATA_ENV = "DIFFUSION_DATA"
 EPOCHS_ENV = "DIFFUSION_EPOCHS"
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 SCHEDULES = ("linear", "cosine")
+LR_DECAYS = ("none", "cosine")
 # Upper bounds of the sizes: far above any sensible run, low enough that a typo (a step count in
 # the billions) is refused up front instead of trying to allocate terabytes.
 MAX_SIZES = {"img_size": 1024, "n_steps": 100_000, "base_channels": 1024, "num_res_blocks": 16,
@@ -89,6 +90,10 @@ class TrainConfig:
     num_epochs: int = 300
     lr: float = 2e-4  # AdamW learning rate (Ho et al.: 2e-4)
     lr_warmup_steps: int = 500  # linear warm-up from 0 to lr; avoids early blow-ups
+    # After the warm-up: "none" keeps lr constant (Ho et al.; a run can be extended at will);
+    # "cosine" lowers it along a half cosine to 0 at the run's last step (num_epochs), which pays
+    # off when the run is short. Raising num_epochs on --resume stretches the cosine.
+    lr_decay: str = "none"
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # clip the global gradient norm to this (Ho et al.: 1.0)
     ema_decay: float = 0.9995  # the EMA's largest decay; samples come from the EMA model
@@ -126,6 +131,7 @@ class TrainConfig:
             need(1 <= getattr(self, name) <= most, name, f"an integer in [1, {most}]")
         need(self.max_images is None or self.max_images > 0, "max_images", "a positive integer or None")
         need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        need(self.lr_decay in LR_DECAYS, "lr_decay", f"one of {LR_DECAYS}")
         need(0 < self.beta_start < 1, "beta_start", "in (0, 1)")
         need(0 < self.beta_end < 1, "beta_end", "in (0, 1)")
         if self.beta_end <= self.beta_start:

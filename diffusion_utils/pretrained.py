@@ -214,7 +214,8 @@ def render_card(name: str, config: TrainConfig, card: dict) -> str:
     if loss is not None:
         lines.append(f"- Final training loss (mean of the last 50 steps): {_figure(loss)}")
     c.pop("parameters", None)
-    lines.append(f"- Optimiser: AdamW, lr {config.lr:g}, warm-up {config.lr_warmup_steps} steps, "
+    decay = "" if config.lr_decay == "none" else f" then {config.lr_decay} decay to 0"
+    lines.append(f"- Optimiser: AdamW, lr {config.lr:g}, warm-up {config.lr_warmup_steps} steps{decay}, "
                  f"EMA decay up to {config.ema_decay:g} (power-function γ {config.ema_gamma:g}), "
                  f"loss weighting {config.loss_weighting}, seed {config.seed}")
     lines += ["", "## Quality", ""]

@@ -98,11 +98,21 @@ def make_ema(model: torch.nn.Module, decay: float, gamma: float = 6.94) -> Avera
     return AveragedModel(model, multi_avg_fn=ema_update)
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``lr_warmup_steps``, then constant (as in Ho et al.)."""
-    if config.lr_warmup_steps == 0:
+def learning_rate(config: TrainConfig, step: int, total_steps: int | None = None) -> float:
+    """The lr of optimiser step ``step`` (0-based) of a run of ``total_steps`` steps.
+
+    Linear warm-up over ``lr_warmup_steps``, then constant (as in Ho et al.), or with
+    ``lr_decay="cosine"`` a half cosine from ``lr`` down to 0 at step ``total_steps``:
+    ηₛ = η · ½ (1 + cos(π · (s − warm-up) / (total_steps − warm-up))).
+    """
+    if config.lr_warmup_steps and step < config.lr_warmup_steps:
+        return config.lr * (step + 1) / config.lr_warmup_steps
+    if config.lr_decay == "none":
         return config.lr
-    return config.lr * min(1.0, (step + 1) / config.lr_warmup_steps)
+    if total_steps is None:
+        raise ConfigError("lr_decay='cosine' needs the run's total steps; pass total_steps")
+    progress = min(1.0, (step - config.lr_warmup_steps) / max(1, total_steps - config.lr_warmup_steps))
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class TrainState:
@@ -130,6 +140,7 @@ class TrainState:
         self.noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.autocast_dtype = torch.bfloat16 if config.bf16 and bf16_available(device) else None
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.total_steps: int | None = None  # where the run ends (set by train); lr_decay's horizon
         self.losses: list[float] = []
         self.epoch_grids: dict[int, torch.Tensor] = {}  # epoch → uint8 samples from fixed noise
 
@@ -185,7 +196,7 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
     loss.backward()  # ∇θ of the loss (DDP: averaged over the ranks, so it is the global batch's)
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
     for group in state.optimizer.param_groups:
-        group["lr"] = learning_rate(config, state.step)
+        group["lr"] = learning_rate(config, state.step, state.total_steps)
     state.optimizer.step()
     if ranks.is_main:
         state.ema.update_parameters(state.model)
@@ -313,7 +324,7 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
         saved_step = state.step
 
     steps_per_epoch = batches_per_epoch(len(dataset), config.batch_size)
-    total_steps = steps_per_epoch * config.num_epochs
+    total_steps = state.total_steps = steps_per_epoch * config.num_epochs
     if state.step > total_steps:
         raise ConfigError(f"the checkpoint is already at step {state.step}, past num_epochs={config.num_epochs}; "
                           f"raise num_epochs to train longer")

@@ -48,7 +48,7 @@ def test_presets_build():
     ("time_emb_dim", 15), ("attention_levels", (4,)), ("channel_mults", ()),
     ("prediction", "x0"), ("prediction", "EPS"), ("prediction", None), ("loss_weighting", "p2"),
     ("loss_weighting", None), ("snr_gamma", 0.0), ("snr_gamma", -1.0), ("snr_gamma", float("nan")),
-    ("ema_gamma", 0.0), ("ema_gamma", -6.94),
+    ("ema_gamma", 0.0), ("ema_gamma", -6.94), ("lr_decay", "linear"), ("lr_decay", None),
 ])
 def test_invalid_values_raise_config_error_naming_the_field(field, value):
     """Each out-of-range value raises ConfigError, and the message names the field."""

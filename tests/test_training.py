@@ -23,7 +23,7 @@ from diffusion_utils import (CHECKPOINT_NAME, CheckpointError, ConfigError, RunF
                              save_checkpoint, train)
 from diffusion_utils.checkpoint import check_compatible
 from diffusion_utils.loss import diffusion_loss
-from diffusion_utils.training import TrainState, ema_decay_at, train_step
+from diffusion_utils.training import TrainState, ema_decay_at, learning_rate, train_step
 
 from conftest import tiny_config
 
@@ -164,6 +164,35 @@ def test_nan_loss_raises_training_diverged_naming_the_step(tmp_path, dataset, mo
     assert seen == list(range(1, bad_call))
     assert f"the last good checkpoint is {ckpt} (step {STEPS_PER_EPOCH})" in message
     assert ckpt.read_bytes() == saved["bytes"]
+
+
+def test_learning_rate_warms_up_then_stays_or_follows_the_cosine():
+    """Warm-up: lr·(s+1)/W. Then "none" stays at lr; "cosine" is lr·½(1 + cos(π(s−W)/(T−W))):
+    lr at the end of the warm-up, lr/2 halfway through the rest, 0 at the last step and after."""
+    constant = config(lr=1e-3, lr_warmup_steps=4)
+    assert [learning_rate(constant, s, 100) for s in (0, 3, 50, 99)] == pytest.approx([2.5e-4, 1e-3, 1e-3, 1e-3])
+    assert learning_rate(constant, 10**6) == pytest.approx(1e-3)  # no horizon needed
+    cosine = constant.replace(lr_decay="cosine")
+    assert learning_rate(cosine, 0, 104) == pytest.approx(2.5e-4)  # the warm-up is the same
+    assert learning_rate(cosine, 4, 104) == pytest.approx(1e-3)
+    assert learning_rate(cosine, 54, 104) == pytest.approx(5e-4)
+    assert learning_rate(cosine, 29, 104) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate(cosine, 104, 104) == pytest.approx(0.0, abs=1e-15)
+    assert learning_rate(cosine, 200, 104) == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ConfigError, match="total steps"):
+        learning_rate(cosine, 50)
+
+
+def test_train_decays_the_lr_over_the_run(tmp_path, dataset):
+    """With lr_decay="cosine", train() gives the optimiser each step's lr over its num_epochs."""
+    seen = []
+    cfg = config(lr_decay="cosine", lr_warmup_steps=2)
+    run = {}
+    train(cfg, tmp_path, dataset=dataset, progress=False, on_start=lambda state, total: run.update(state=state),
+          on_step=lambda step, loss: seen.append(run["state"].optimizer.param_groups[0]["lr"]))
+    total = 2 * STEPS_PER_EPOCH
+    assert seen == pytest.approx([learning_rate(cfg, s, total) for s in range(total)])
+    assert seen[-1] < 0.1 * cfg.lr < seen[2]
 
 
 def test_huge_learning_rate_diverges(tmp_path, dataset):
