@@ -319,13 +319,16 @@ PRESETS: dict[str, dict] = {
     # A real result on a 2-core CPU in minutes (~6 min on the project's machines). Every cut is
     # chosen for wall time: 32 px is 4× fewer pixels than 64 px; a 3-level UNet with one residual
     # block per level (1.2 M parameters) costs ~30× less per image than the full model; 2 048
-    # images × 10 epochs = 20 480 images. In batches of 16 that is 1 280 optimiser steps instead
-    # of 320 at batch 64 — for the same CPU time (the CPU's images/s hardly depends on the batch
-    # here), and with lr 2e-3 the Inception KID of DPM-Solver++ samples after ~19 500 images is
-    # 0.147 ± 0.006 (benchmarks/bench_recipes.py, "batch 16 + lr 2e-3", 500 samples), where batch
-    # 64 at lr 1e-3 scored 0.24 after 20 480 images (1 000 samples) and 0.31 after 13 000 (500
-    # samples). A short EMA suits the short run; DDIM
-    # with 50 steps samples 20× faster than the 1000-step ancestral loop (see notebook 05).
+    # images × 10 epochs = 20 480 images. The rest was chosen by measurement
+    # (benchmarks/bench_recipes.py: each recipe trained for the same ~6 CPU minutes, ~19 500 images,
+    # then Inception KID of 500 DPM-Solver++ samples; the table is in the README):
+    # - batches of 16, lr 2e-3: 1 280 small steps instead of 320 at batch 64 for the same CPU time
+    #   (the CPU's images/s hardly depends on the batch here): KID 0.228 → 0.147;
+    # - v-prediction with min-SNR weighting (γ = 5): 0.147 → 0.117, and natural colours instead
+    #   of saturated ones;
+    # - a short EMA (power-function, capped at 0.99: the last ~100 steps) suits the short run;
+    #   a longer one (0.165), batch 8 (0.149) and a cosine lr decay (0.149) did not help.
+    # DDIM with 50 steps draws the per-epoch grids 20× faster than the 1000-step loop (notebook 05).
     "quick": dict(
         img_size=32,
         max_images=2048,
@@ -337,6 +340,8 @@ PRESETS: dict[str, dict] = {
         num_epochs=10,
         batch_size=16,
         lr=2e-3,
+        prediction="v",
+        loss_weighting="min_snr",
         lr_warmup_steps=100,
         ema_decay=0.99,
         sample_every=2,

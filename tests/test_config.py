@@ -152,10 +152,13 @@ def test_to_dict_from_dict_round_trip():
 
 
 def test_prediction_and_loss_defaults_are_ho_et_al():
-    """The defaults are Ho et al.'s: ε-prediction, the unweighted simple loss; γ = 5 (Hang et
-    al.'s default) and the EMA's γ = 6.94 (Karras et al.'s σ_rel = 0.10). Both presets keep them."""
-    for c in (TrainConfig(), TrainConfig.preset("quick")):
+    """The defaults (and the full preset) are Ho et al.'s: ε-prediction, the unweighted simple
+    loss; γ = 5 (Hang et al.'s default) and the EMA's γ = 6.94 (Karras et al.'s σ_rel = 0.10). The
+    quick preset, chosen by bench_recipes, trains v-prediction with min-SNR weighting."""
+    for c in (TrainConfig(), TrainConfig.preset("full")):
         assert (c.prediction, c.loss_weighting, c.snr_gamma, c.ema_gamma) == ("eps", "none", 5.0, 6.94)
+    quick = TrainConfig.preset("quick")
+    assert (quick.prediction, quick.loss_weighting, quick.snr_gamma, quick.ema_gamma) == ("v", "min_snr", 5.0, 6.94)
     c = TrainConfig(prediction="v", loss_weighting="min_snr", snr_gamma=2.5, ema_gamma=16.0)
     assert (c.prediction, c.loss_weighting, c.snr_gamma, c.ema_gamma) == ("v", "min_snr", 2.5, 16.0)
 
