@@ -55,6 +55,7 @@ RECIPES: dict[str, dict] = {
     "longer EMA": dict(ema_gamma=3.0, ema_decay=0.999),
     "lr cosine decay": dict(lr_decay="cosine"),
     "lr cosine decay + batch 8": dict(lr_decay="cosine", batch_size=8),
+    "v + min-SNR + lr cosine decay": dict(prediction="v", loss_weighting="min_snr", lr_decay="cosine"),
 }
 
 
