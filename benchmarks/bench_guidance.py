@@ -33,13 +33,19 @@ from diffusion_utils.metrics import InceptionFeatures, extract_features
 
 
 def recorded_command(argv: list[str]) -> str:
-    """The command line for the table, without ``--features-cache``: where this machine keeps its
-    cache is no setting of the measurement, and readers should not see its paths."""
-    words = list(argv)
-    if "--features-cache" in words:
-        i = words.index("--features-cache")
-        del words[i:i + 2]
-    words = [w for w in words if not w.startswith("--features-cache=")]
+    """The command line for the table, without this machine's folders: ``--features-cache`` is
+    dropped (where a cache lives is no setting of the measurement) and ``--data-root``'s folder
+    reads ``DIR``, so readers see neither path."""
+    words = []
+    for w in argv:
+        if words and words[-1] == "--features-cache":
+            words.pop()
+        elif words and words[-1] == "--data-root":
+            words.append("DIR")
+        elif w.startswith("--data-root="):
+            words.append("--data-root=DIR")
+        elif not w.startswith("--features-cache="):
+            words.append(w)
     return "python " + " ".join(shlex.quote(w) for w in words)
 
 
