@@ -54,8 +54,6 @@ RECIPES: dict[str, dict] = {
     # A longer average: the EMA's tail grows to ~n/4 of the n steps (γ = 3), capped at 1 000 steps.
     "longer EMA": dict(ema_gamma=3.0, ema_decay=0.999),
     "lr cosine decay": dict(lr_decay="cosine"),
-    "lr cosine decay + batch 8": dict(lr_decay="cosine", batch_size=8),
-    "v + min-SNR + lr cosine decay": dict(prediction="v", loss_weighting="min_snr", lr_decay="cosine"),
 }
 
 

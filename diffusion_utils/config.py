@@ -316,7 +316,7 @@ def default_steps(sampler: str, n_steps: int) -> int:
 PRESETS: dict[str, dict] = {
     # The original design: 64 px, 300 epochs, 1000-step ancestral sampling. A GPU job.
     "full": {},
-    # A real result on a 2-core CPU in minutes (~6 min on the project's machines). Every cut is
+    # A real result on a 2-core CPU in minutes (~9 min on the project's machines). Every cut is
     # chosen for wall time: 32 px is 4× fewer pixels than 64 px; a 3-level UNet with one residual
     # block per level (1.2 M parameters) costs ~30× less per image than the full model; 2 048
     # images × 10 epochs = 20 480 images. The rest was chosen by measurement
