@@ -13,6 +13,7 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.files` — output-folder checks, atomic writes, the run-folder lock
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
 - :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
+- :mod:`~diffusion_utils.superres` — :func:`upsample`, :func:`sample_cascade`: 32 px → 64 px with a second diffusion model
 - :mod:`~diffusion_utils.guidance` — classifier-free guidance: :class:`GuidedModel`, class names and ids
 - :mod:`~diffusion_utils.interpolation` — :func:`slerp`, :func:`interpolate`: walking between two samples
 - :mod:`~diffusion_utils.editing` — :func:`sdedit`, :func:`inpaint`: editing real images
@@ -39,6 +40,7 @@ from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_trained_or_pretrained, pretrained_card
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
+from .superres import ConditionedModel, sample_cascade, upsample
 from .training import TrainingInterrupted, TrainResult, TrainState, ema_decay_at, make_ema, train, train_step
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid,
@@ -55,7 +57,7 @@ __all__ = [
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
-    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train",
+    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     # what the notebooks use, so that they import only the top level
     "LiveTrainingView", "ResidualBlock", "SelfAttention", "batches_per_epoch", "default_feature_extractor",

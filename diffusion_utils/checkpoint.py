@@ -29,10 +29,11 @@ CHECKPOINT_NAME = "diffusion_unet_pixels.pth"  # the original project's file nam
 FORMAT = "diffusion_utils/1"
 # Fields that fix the network's shape or the meaning of its input t and of its output: a
 # checkpoint is useless without them. (A checkpoint saved before ``prediction`` or
-# ``num_classes`` existed has neither and loads as "eps" and 0 — what it was trained with.)
+# ``num_classes`` existed has neither and loads as "eps" and 0 — what it was trained with; one saved
+# before upsamplers existed loads as task "generate" with middle attention.)
 ARCHITECTURE_FIELDS = ("img_size", "n_steps", "schedule", "beta_start", "beta_end", "base_channels",
                        "channel_mults", "num_res_blocks", "attention_levels", "time_emb_dim", "prediction",
-                       "num_classes")
+                       "num_classes", "task", "mid_attention", "upsample_mode")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:

@@ -28,7 +28,7 @@ import torch
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
-from .config import MAX_SEED, PRESET_ENV, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
+from .config import MAX_SEED, PRESET_ENV, PRESETS, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
 from .data import load_dataset
 from .errors import DiffusionError, short_reason
 from .files import check_output_folder, lock_run_folder
@@ -98,6 +98,10 @@ TRAIN_OVERRIDES = {
     "ema_gamma": ("ema_gamma", float, "power-function EMA exponent: larger averages a shorter tail"),
     "p_uncond": ("p_uncond", float, "with labels: how often a label is dropped for guidance (default 0.1)"),
     "base_channels": ("base_channels", _positive_int, "UNet channels at full resolution"),
+    "task": ("task", str, "generate (from noise) or sr (an upsampler: img-size images given img-size/2 ones)"),
+    "crop_size": ("crop_size", _positive_int, "sr: train on random crops of this size, sample whole images"),
+    "cond_aug_max": ("cond_aug_max", _non_negative_int,
+                     "sr: noise the condition to a random level s in [0, N] while training (default 250)"),
     "sample_every": ("sample_every", _positive_int, "save a sample grid every N epochs"),
     "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp"),
     "sample_steps": ("sample_steps", _positive_int, "network calls per sample for ddim/dpmpp"),
@@ -112,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tr = commands.add_parser("train", help="train a model (writes a checkpoint and figures)")
-    tr.add_argument("--preset", choices=("quick", "full"), default=None,
-                    help=f"quick: minutes on a CPU; full: the original 64 px, 300-epoch run "
-                         f"(default: ${PRESET_ENV}, else full on a CUDA GPU and quick elsewhere)")
+    tr.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                    help=f"quick: minutes on a CPU; full: the original 64 px, 300-epoch run; sr64: the "
+                         f"32 → 64 px upsampler of the cascade (default: ${PRESET_ENV}, else full on a "
+                         f"CUDA GPU and quick elsewhere)")
     tr.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     for flag, (_, kind, text) in TRAIN_OVERRIDES.items():
         tr.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=text)
@@ -340,7 +345,7 @@ def train_command(config: TrainConfig) -> str | None:
     flags cannot express it (e.g. a channel_mults no preset has). ``data_root`` (a machine path) is left out."""
     flag_of = {field: flag for flag, (field, _, _) in TRAIN_OVERRIDES.items()}
     best = None
-    for preset in ("quick", "full"):
+    for preset in PRESETS:
         base = TrainConfig.preset(preset)
         words = ["python", "-m", "diffusion_utils", "train", "--preset", preset]
         for field in dataclasses.fields(TrainConfig):

@@ -28,7 +28,8 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
                    generator: torch.Generator | None = None, loss_weighting: str = "none",
                    snr_gamma: float = 5.0, autocast_dtype: torch.dtype | None = None,
                    y: torch.Tensor | None = None, p_uncond: float = 0.0,
-                   shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+                   shard: tuple[int, int] = (0, 1), cond: torch.Tensor | None = None,
+                   cond_aug_max: int = 0) -> torch.Tensor:
     """The loss of one batch, a scalar tensor (Algorithm 1, lines 2–5).
 
     Args:
@@ -48,6 +49,10 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
             global batch (:mod:`~diffusion_utils.distributed`): t, ε and the label drops are drawn
             for the whole global batch and this rank keeps its slice, so N processes draw what one
             process would. ``(0, 1)``: ``x0`` is the whole batch.
+        cond: for an upsampler (:mod:`~diffusion_utils.superres`), the low-resolution images
+            upsampled to ``x0``'s size, z (B, 3, H, W) in [-1, 1]. Each is noised to a level
+            s ~ U{0, …, ``cond_aug_max``} (drawn after the label drops, then its noise ε′) and
+            the network sees [xₜ, z_s] and s (noise-conditioning augmentation).
     """
     net = getattr(model, "module", model)  # the UNet itself when wrapped in DistributedDataParallel
     prediction = getattr(net, "prediction", "eps")
@@ -61,10 +66,15 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
     if y is not None and p_uncond > 0:  # label dropout: c → ∅ with probability p_uncond
         drop = (torch.rand(n, device=x0.device, generator=generator) < p_uncond)[mine]
         y = torch.where(drop, torch.full_like(y, net.null_class), y)
+    extra = {}
+    if cond is not None:  # an upsampler: noise the condition too (Ho et al. 2022, §3.3)
+        s = torch.randint(0, cond_aug_max + 1, (n,), device=x0.device, generator=generator)[mine]  # s ~ U{0…s_max}
+        eps_cond = torch.randn((n, *cond.shape[1:]), device=x0.device, generator=generator)[mine]  # ε′ ~ N(0, I)
+        extra = {"cond": schedule.q_sample(cond, s, eps_cond), "cond_t": s}  # z_s = √ᾱ_s z + √(1−ᾱ_s) ε′
     autocast = (torch.autocast(x0.device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     with autocast:
-        output = model(x_t, t) if y is None else model(x_t, t, y)  # ε_θ(xₜ, t[, c]) (or v_θ)
+        output = model(x_t, t, y, **extra) if y is not None or extra else model(x_t, t)  # ε_θ(xₜ, t[, c]) (or v_θ)
     target = schedule.training_target(x0, t, eps, prediction)  # ε (or v)
     per_example = (output.float() - target).pow(2).mean(dim=(1, 2, 3))  # ‖target − output‖²
     return (schedule.loss_weights(t, prediction, loss_weighting, snr_gamma) * per_example).mean()

@@ -158,20 +158,32 @@ class UNet(nn.Module):
             ``num_classes + 1`` rows (the last is the "no class" token ∅) is added to the time
             embedding (Ho & Salimans 2022).
         class_names: one name per class (kept for sampling by name; no weight).
+        mid_attention: self-attention in the middle. An upsampler trained on crops has none, so
+            it sees nothing beyond a neighbourhood and samples larger images than its crops.
+        cond_channels: 0 for a model that draws from noise; 3 for an upsampler
+            (:mod:`~diffusion_utils.superres`): the condition z_s (B, 3, H, W) is concatenated to
+            xₜ on the channel axis, and its noise level s gets a time embedding of its own.
+        low_res_size, upsample_mode, cond_aug_level: an upsampler's input size, how it is
+            interpolated to ``img_size``, and the noise level s it samples at (no weights).
 
-    ``forward(x, t, y=None)``: x (B, C, H, W) float, t (B,) int64 in [0, T-1], y (B,) int64 class
-    ids in [0, num_classes] (num_classes = ∅; None: all ∅), or (B, num_classes + 1) float weights
-    that mix the class embeddings (see :meth:`embed_classes`) → ε̂ (or v̂) of x's shape.
+    ``forward(x, t, y=None, cond=None, cond_t=None)``: x (B, C, H, W) float, t (B,) int64 in
+    [0, T-1], y (B,) int64 class ids in [0, num_classes] (num_classes = ∅; None: all ∅), or
+    (B, num_classes + 1) float weights that mix the class embeddings (see :meth:`embed_classes`);
+    for an upsampler cond (B, cond_channels, H, W) and cond_t (B,) int64 → ε̂ (or v̂) of x's shape.
     """
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64,
                  channel_mults: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_levels: tuple[int, ...] = (2,), time_emb_dim: int = 128,
                  dropout: float = 0.0, img_size: int = 64, prediction: str = "eps",
-                 num_classes: int = 0, class_names: tuple[str, ...] = ()):
+                 num_classes: int = 0, class_names: tuple[str, ...] = (), mid_attention: bool = True,
+                 cond_channels: int = 0, low_res_size: int = 0, upsample_mode: str = "bicubic",
+                 cond_aug_level: int = 0):
         super().__init__()
         check_prediction(prediction)
         self.in_channels = in_channels
+        self.cond_channels = cond_channels
+        self.low_res_size, self.upsample_mode, self.cond_aug_level = low_res_size, upsample_mode, cond_aug_level
         self.prediction = prediction  # what forward() returns: ε̂ ("eps") or v̂ ("v")
         self.img_size = img_size
         self.num_classes = num_classes
@@ -182,7 +194,7 @@ class UNet(nn.Module):
             raise ConfigError(f"img_size must be divisible by {self.min_divisor} for a UNet with "
                               f"{self.num_levels} levels; got {img_size}")
         self.time_embedding = TimeEmbedding(time_emb_dim)
-        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.stem = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
 
         # ---- down path: remember the channel count of every skip connection -----------------
         self.down = nn.ModuleList()
@@ -200,7 +212,7 @@ class UNet(nn.Module):
 
         # ---- middle, at the lowest resolution: always attention -----------------------------
         self.mid1 = ResidualBlock(ch, ch, time_emb_dim, dropout)
-        self.mid_attn = SelfAttention(ch)
+        self.mid_attn = SelfAttention(ch) if mid_attention else nn.Identity()
         self.mid2 = ResidualBlock(ch, ch, time_emb_dim, dropout)
 
         # ---- up path: each block consumes one skip, concatenated on the channel axis ------------
@@ -222,6 +234,9 @@ class UNet(nn.Module):
             # fine-tuned into a conditional one without a jump.
             self.class_embedding = nn.Embedding(num_classes + 1, time_emb_dim)
             nn.init.zeros_(self.class_embedding.weight)
+        if cond_channels:
+            # An upsampler: the embedding of the condition's noise level s, added to t's.
+            self.cond_time_embedding = TimeEmbedding(time_emb_dim)
 
     @property
     def null_class(self) -> int:
@@ -236,12 +251,23 @@ class UNet(nn.Module):
             return y.reshape(-1, self.num_classes + 1).expand(batch, -1) @ self.class_embedding.weight
         return self.class_embedding(y.reshape(-1).expand(batch))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None, cond_t: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] % self.min_divisor or x.shape[-2] % self.min_divisor:
             raise ConfigError(f"image height and width must be divisible by {self.min_divisor}; "
                               f"got {tuple(x.shape[-2:])}")
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
         t_emb = self.time_embedding(t)
+        if self.cond_channels:
+            if cond is None or cond_t is None:
+                raise ConfigError("this model is an upsampler: it needs the low-resolution condition; "
+                                  "sample it with diffusion_utils.upsample(model, schedule, low_res)")
+            x = torch.cat([x, cond], dim=1)  # [xₜ, z_s]: the condition rides along as input channels
+            t_emb = t_emb + self.cond_time_embedding(torch.as_tensor(cond_t, device=x.device).reshape(-1)
+                                                     .expand(x.shape[0]))  # + "how noisy is z_s"
+        elif cond is not None:
+            raise ConfigError("this model draws from noise and takes no low-resolution condition; "
+                              "use an upsampler (task='sr') for that")
         if self.num_classes:
             if y is None:
                 y = torch.full((x.shape[0],), self.null_class, device=x.device, dtype=torch.long)
@@ -268,7 +294,10 @@ class UNet(nn.Module):
                    num_res_blocks=config.num_res_blocks, attention_levels=config.attention_levels,
                    time_emb_dim=config.time_emb_dim, dropout=config.dropout, img_size=config.img_size,
                    prediction=config.prediction, num_classes=config.num_classes or 0,
-                   class_names=config.class_names)
+                   class_names=config.class_names, mid_attention=config.mid_attention,
+                   cond_channels=3 if config.task == "sr" else 0,
+                   low_res_size=config.low_res_size if config.task == "sr" else 0,
+                   upsample_mode=config.upsample_mode, cond_aug_level=config.cond_aug_level)
 
 
 class LevelBlock(nn.Module):
@@ -300,6 +329,8 @@ def parameter_table(model: UNet) -> dict[str, int]:
     }
     if model.num_classes:
         parts["class embedding"] = model.class_embedding
+    if model.cond_channels:
+        parts["condition's noise-level embedding"] = model.cond_time_embedding
     return {name: count_parameters(part) for name, part in parts.items()}
 
 

@@ -43,13 +43,14 @@ from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, check_compatible, first_non_finite, load_checkpoint, load_model,
                          save_checkpoint)
 from .config import TrainConfig, bf16_available, resolve_device
-from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset
+from .data import ImageDataset, batches_per_epoch, epoch_batches, load_dataset, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
 from .files import check_output_folder, lock_run_folder, remove_stale_temp_files
 from .loss import diffusion_loss
 from .model import UNet
 from .sampling import sample, to_uint8
 from .schedule import NoiseSchedule
+from .superres import downsample, training_pair, upsample
 from .visualization import plot_epoch_table, plot_loss, save_grid
 
 
@@ -183,11 +184,16 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
     global batch's (the same on every rank).
     """
     config, ranks = state.config, state.ranks
-    loss = diffusion_loss(state.network, state.schedule, x0.to(state.device, non_blocking=True),
+    x0, cond = x0.to(state.device, non_blocking=True), None
+    if config.task == "sr":  # an upsampler: the target and its low-resolution condition, cropped alike
+        x0, cond = training_pair(x0, low_res_size=config.low_res_size, crop_size=config.crop_size,
+                                 mode=config.upsample_mode, generator=state.noise_rng,
+                                 shard=(ranks.rank, ranks.world_size))
+    loss = diffusion_loss(state.network, state.schedule, x0,
                           generator=state.noise_rng, loss_weighting=config.loss_weighting,
                           snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype,
                           y=None if y is None else y.to(state.device), p_uncond=config.p_uncond,
-                          shard=(ranks.rank, ranks.world_size))
+                          shard=(ranks.rank, ranks.world_size), cond=cond, cond_aug_max=config.cond_aug_max)
     loss_value = distributed.mean_over_ranks(loss.detach(), ranks).item()
     if not math.isfinite(loss_value):
         raise TrainingDiverged(f"loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
@@ -312,6 +318,9 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
         init_weights_from(state, init_from)
     grid_noise = torch.randn(config.sample_grid_n, 3, config.img_size, config.img_size,
                              generator=torch.Generator().manual_seed(config.seed + 2))
+    # An upsampler's grids upsample the same real images every time (the first of the data, shrunk).
+    grid_low_res = (downsample(to_model_range(dataset.images[:config.sample_grid_n]), config.low_res_size)
+                    if config.task == "sr" else None)
     saved_step = None  # the step of this run's checkpoint on disk (None: none yet)
     if resume:
         saved = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to device
@@ -383,7 +392,7 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
                 state.batch_in_epoch = 0
                 check_finite()  # before the epoch's grid too: no figure from broken weights
                 if ranks.is_main and (state.epoch % config.sample_every == 0 or state.epoch == config.num_epochs):
-                    grid = _sample_grid(state.ema.module, state.schedule, config, grid_noise)
+                    grid = _sample_grid(state.ema.module, state.schedule, config, grid_noise, grid_low_res)
                     state.epoch_grids[state.epoch] = grid
                     save_grid(grid, out_dir / "samples" / f"epoch_{state.epoch:03d}.png")
                 save(state.data_rng.get_state())
@@ -407,12 +416,15 @@ def _train(config: TrainConfig, out_dir: Path, *, dataset, resume, init_from, pr
                        out_dir=out_dir)
 
 
-def _sample_grid(model, schedule, config: TrainConfig, grid_noise: torch.Tensor) -> torch.Tensor:
-    """Samples from the same starting noise every time, so the table shows progress, not luck."""
-    images = sample(model, schedule, len(grid_noise), img_size=config.img_size, sampler=config.sampler,
-                    steps=config.steps_for_sampling, x_T=grid_noise, bf16=config.bf16,
-                    generator=torch.Generator().manual_seed(config.seed + 3), progress=False)
-    return to_uint8(images)
+def _sample_grid(model, schedule, config: TrainConfig, grid_noise: torch.Tensor,
+                 grid_low_res: torch.Tensor | None = None) -> torch.Tensor:
+    """Samples from the same starting noise every time, so the table shows progress, not luck.
+    An upsampler upsamples the same ``grid_low_res`` images (n, 3, h, w) every time."""
+    options = dict(sampler=config.sampler, steps=config.steps_for_sampling, x_T=grid_noise, bf16=config.bf16,
+                   generator=torch.Generator().manual_seed(config.seed + 3), progress=False)
+    if grid_low_res is not None:
+        return to_uint8(upsample(model, schedule, grid_low_res.to(grid_noise.device), **options))
+    return to_uint8(sample(model, schedule, len(grid_noise), img_size=config.img_size, **options))
 
 
 class _StopOnCtrlC:
