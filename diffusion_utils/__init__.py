@@ -43,7 +43,7 @@ from .schedule import NoiseSchedule
 from .superres import ConditionedModel, sample_cascade, upsample
 from .training import TrainingInterrupted, TrainResult, TrainState, ema_decay_at, make_ema, train, train_step
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
-                            plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid,
+                            plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid, save_stages_animation,
                             save_large_sample, show_images)
 from .widgets import DenoisingSlider, GuidanceWidget, LiveTrainingView, denoising_slider, guidance_widget
 
@@ -56,7 +56,7 @@ __all__ = [
     "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
-    "save_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
+    "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     # what the notebooks use, so that they import only the top level

@@ -3,7 +3,8 @@
 train  writes  OUT/diffusion_unet_pixels.pth  (checkpoint: model, EMA, optimizer, config, RNG)
                OUT/loss.png, OUT/epoch_samples.png, OUT/samples/epoch_NNN.png
 sample writes  OUT/samples_grid.png, OUT/diffusion_animation.gif, OUT/generated_pixel_diffusion.png
-               from a --checkpoint (OUT: its folder) or --pretrained weights (OUT: outputs/)
+               from a --checkpoint (OUT: its folder) or --pretrained weights (OUT: outputs/);
+               with --upscale sr64 at 64 px, through a cascade (the GIF shows both stages)
 export writes  FILE.pt (the EMA weights in float16 + config + card) and FILE.md (the model card)
 
 Mistakes in input (a bad count, a size out of range, beta_end <= beta_start, an image size the
@@ -29,14 +30,15 @@ import torch
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
 from .config import MAX_SEED, PRESET_ENV, PRESETS, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
-from .data import load_dataset
+from .data import load_dataset, to_model_range
 from .errors import DiffusionError, short_reason
 from .files import check_output_folder, lock_run_folder
 from .guidance import check_guidance_scale, class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
 from .sampling import sample, to_uint8
+from .superres import upsample
 from .training import TRAIN_OUTPUTS, TrainingInterrupted, train
-from .visualization import save_animation, save_grid, save_large_sample
+from .visualization import save_animation, save_grid, save_large_sample, save_stages_animation
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--guidance", type=float, default=None, metavar="W",
                     help="classifier-free guidance scale w: 0 unconditional, 1 conditional (default), "
                          ">1 stronger; needs --class")
+    sa.add_argument("--upscale", metavar="NAME",
+                    help="then draw 64 px images from the samples with this upsampler (a cascade): "
+                         "pretrained weights such as sr64, or a .pt file written by export; the upsampler "
+                         "uses its own sampler and steps")
     sa.add_argument("--out", default=None,
                     help="output folder (default: the checkpoint's folder; outputs with --pretrained)")
     sa.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps")
@@ -261,6 +267,7 @@ def run_sample(args) -> int:
         raise DiffusionError(f"--steps must be between 1 and {schedule.n_steps}; got {steps}")
     if not 0.0 <= args.eta <= 1.0:
         raise DiffusionError(f"--eta must be between 0 and 1; got {args.eta}")
+    sr = _load_upsampler(args.upscale, model, device) if args.upscale else None
     classes = _cycle_classes(args.classes, args.n, model)
     if args.guidance is not None and classes is None:
         raise DiffusionError("--guidance needs --class: say which class to guide towards")
@@ -269,15 +276,27 @@ def run_sample(args) -> int:
     what = f", class {', '.join(args.classes)}, guidance {args.guidance or 1.0:g}" if classes is not None else ""
     print(f"Sampling {args.n} images with {sampler} ({steps} steps{what}) on {device} …", file=sys.stderr)
     start = time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
     images, trajectory = _sample_in_batches(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
-                                            generator=torch.Generator().manual_seed(args.seed), bf16=config.bf16,
+                                            generator=generator, bf16=config.bf16,
                                             trajectory_frames=args.frames, progress=not args.no_progress,
                                             classes=classes, guidance_scale=args.guidance)
+    title = f"{config.img_size}×{config.img_size}, {sampler}, {steps} steps, seed {args.seed}"
+    stages = [(f"{config.img_size} px", trajectory)]
+    if sr is not None:
+        sr_model, sr_schedule, sr_config = sr
+        print(f"Upsampling to {sr_config.img_size} px with {args.upscale} ({sr_config.sampler}, "
+              f"{sr_config.steps_for_sampling} steps, condition noise s = {sr_model.cond_aug_level}) …", file=sys.stderr)
+        images, sr_trajectory = _upsample_in_batches(sr_model, sr_schedule, images, sampler=sr_config.sampler,
+                                                     steps=sr_config.steps_for_sampling, generator=generator,
+                                                     trajectory_frames=args.frames, progress=not args.no_progress)
+        stages.append((f"{sr_config.img_size} px", sr_trajectory))
+        title = f"{sr_config.img_size}×{sr_config.img_size}, {config.img_size} px {sampler} {steps} steps → {args.upscale}, seed {args.seed}"
     seconds = time.perf_counter() - start
     grid = save_grid(images, out / "samples_grid.png")
-    gif = save_animation(trajectory, out / "diffusion_animation.gif", n_frames=args.frames)
-    big = save_large_sample(images[0], out / "generated_pixel_diffusion.png",
-                            title=f"{config.img_size}×{config.img_size}, {sampler}, {steps} steps, seed {args.seed}")
+    gif = (save_stages_animation(stages, out / "diffusion_animation.gif", n_frames=args.frames) if sr is not None
+           else save_animation(trajectory, out / "diffusion_animation.gif", n_frames=args.frames))
+    big = save_large_sample(images[0], out / "generated_pixel_diffusion.png", title=title)
     print(f"Done in {seconds:.1f} s ({seconds / args.n:.2f} s/image). Wrote {grid}, {gif}, {big}.")
     return 0
 
@@ -291,21 +310,46 @@ def _cycle_classes(given: list[str] | None, n: int, model) -> torch.Tensor | Non
     return ids.repeat((n + len(ids) - 1) // len(ids))[:n]
 
 
+def _load_upsampler(name: str, base, device):
+    """``(model, schedule, config)`` of the upsampler ``name``, checked against the base model
+    before any sampling: it must be an upsampler, and its input size the base's output size."""
+    sr_model, sr_schedule, sr_config = load_pretrained(name, device)
+    if sr_config.task != "sr":
+        raise DiffusionError(f"--upscale {name}: this model draws from noise; give an upsampler (trained with "
+                             f"--task sr), e.g. --upscale sr64")
+    if sr_config.low_res_size != base.img_size:
+        raise DiffusionError(f"--upscale {name} takes {sr_config.low_res_size} px images but this model draws "
+                             f"{base.img_size} px ones; pair it with a {sr_config.low_res_size} px base model")
+    return sr_model, sr_schedule, sr_config
+
+
+def _upsample_in_batches(model, schedule, low_res: torch.Tensor, *, trajectory_frames: int, **kwargs):
+    """:func:`upsample` the uint8 images ``low_res`` in batches: uint8 images, and the trajectory
+    of the first batch."""
+    def draw(start: int, size: int, **more):
+        return upsample(model, schedule, to_model_range(low_res[start:start + size]), **kwargs, **more)
+    return _in_batches(draw, len(low_res), trajectory_frames)
+
+
 def _sample_in_batches(model, schedule, n: int, *, trajectory_frames: int, classes=None, **kwargs):
-    """``n`` images as uint8 on the CPU, drawn :data:`SAMPLE_BATCH` at a time from one generator
-    (so memory stays flat for any ``n``, and ``n <= SAMPLE_BATCH`` gives the images of a single
-    call), with the trajectory of the first batch (the GIF shows at most 16 images).
-    ``classes``: None or n class ids, one per image."""
+    """``n`` samples as uint8 (see :func:`_in_batches`). ``classes``: None or n class ids, one per image."""
+    def draw(start: int, size: int, **more):
+        chosen = None if classes is None else classes[start:start + size]
+        return sample(model, schedule, size, classes=chosen, **kwargs, **more)
+    return _in_batches(draw, n, trajectory_frames)
+
+
+def _in_batches(draw, n: int, trajectory_frames: int):
+    """``n`` images as uint8 on the CPU, ``draw(start, size, …)`` :data:`SAMPLE_BATCH` at a time
+    from one generator (so memory stays flat for any ``n``, and ``n <= SAMPLE_BATCH`` gives the
+    images of a single call), with the trajectory of the first batch (the GIF shows at most 16)."""
     images, trajectory = [], None
     for start in range(0, n, SAMPLE_BATCH):
         size = min(SAMPLE_BATCH, n - start)
-        if classes is not None:
-            kwargs["classes"] = classes[start:start + size]
         if trajectory is None:
-            batch, trajectory = sample(model, schedule, size, return_trajectory=True,
-                                       trajectory_frames=trajectory_frames, **kwargs)
+            batch, trajectory = draw(start, size, return_trajectory=True, trajectory_frames=trajectory_frames)
         else:
-            batch = sample(model, schedule, size, **kwargs)
+            batch = draw(start, size)
         images.append(to_uint8(batch))
     return torch.cat(images), trajectory
 

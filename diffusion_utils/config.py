@@ -172,10 +172,12 @@ class TrainConfig:
         if self.task == "sr" and self.num_classes is None:
             self.num_classes = 0  # an upsampler is never class-conditional: the base model draws the class
         need(self.upsample_mode in ("bicubic", "bilinear"), "upsample_mode", "'bicubic' or 'bilinear'")
-        need(0 <= self.cond_aug_max < self.n_steps, "cond_aug_max", f"an integer in [0, n_steps-1={self.n_steps - 1}]")
-        need(0 <= self.cond_aug_level < self.n_steps, "cond_aug_level",
-             f"an integer in [0, n_steps-1={self.n_steps - 1}]")
-        if self.task == "sr":
+        need(self.cond_aug_max >= 0, "cond_aug_max", "an integer >= 0")
+        need(self.cond_aug_level >= 0, "cond_aug_level", "an integer >= 0")
+        if self.task == "sr":  # the levels are steps of this schedule
+            need(self.cond_aug_max < self.n_steps, "cond_aug_max", f"an integer in [0, n_steps-1={self.n_steps - 1}]")
+            need(self.cond_aug_level < self.n_steps, "cond_aug_level",
+                 f"an integer in [0, n_steps-1={self.n_steps - 1}]")
             need(self.img_size % (2 * 2 ** halvings) == 0, "img_size",
                  f"divisible by {2 * 2 ** halvings} for an upsampler (its input is img_size // 2)")
             need(self.num_classes in (None, 0), "num_classes", "0 for an upsampler (the base model draws the class)")

@@ -161,11 +161,32 @@ def save_animation(trajectory: Trajectory, path: str | os.PathLike, n_frames: in
     ``scale``: nearest-neighbour upscaling (default: the smallest that makes the GIF at least
     ``min_width`` pixels wide, so 32 px images stay visible).
     """
-    keep = frame_indices(len(trajectory), n_frames, late)
-    grids = trajectory_grids(trajectory, max_images)
-    scale = scale or max(1, -(-min_width // grids[0].shape[1]))
-    frames = [_label_frame(grids[k].repeat(scale, 0).repeat(scale, 1), f"t = {trajectory.timesteps[k]}")
-              for k in keep]
+    return save_stages_animation([("", trajectory)], path, n_frames, max_images, scale, frame_ms, hold_ms, late,
+                                 min_width)
+
+
+def save_stages_animation(stages: list[tuple[str, Trajectory]], path: str | os.PathLike, n_frames: int = 40,
+                          max_images: int = 16, scale: int | None = None, frame_ms: int = 80,
+                          hold_ms: int = 1500, late: bool = True, min_width: int = 256) -> Path:
+    """One GIF of several denoising runs in a row, e.g. a cascade's two stages, each frame labelled
+    with its stage's name and t: ``stages`` is ``[(name, trajectory), …]``; ``n_frames`` per stage.
+
+    Every stage is shown at the same width: a smaller stage (32 px) is upscaled by nearest
+    neighbour to the size of the largest (64 px), so the frames line up and the blur of the small
+    image is visible as blocks rather than hidden by interpolation.
+    """
+    largest = max(trajectory.frames.shape[-1] for _, trajectory in stages)
+    stage_grids = []
+    for name, trajectory in stages:
+        zoom = largest // trajectory.frames.shape[-1]  # nearest neighbour: 32 px shows as 2 × 2 blocks
+        frames = trajectory.frames[:, :max_images].repeat_interleave(zoom, -1).repeat_interleave(zoom, -2)
+        stage_grids.append((name, trajectory.timesteps, [grid_image(f) for f in frames]))
+    scale = scale or max(1, -(-min_width // stage_grids[0][2][0].shape[1]))
+    frames = []
+    for name, timesteps, grids in stage_grids:
+        label = f"{name}: t = {{}}" if name else "t = {}"
+        frames += [_label_frame(grids[k].repeat(scale, 0).repeat(scale, 1), label.format(timesteps[k]))
+                   for k in frame_indices(len(timesteps), n_frames, late)]
     return save_gif(frames, path, frame_ms, hold_ms)
 
 
