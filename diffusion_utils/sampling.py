@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .config import SAMPLERS, as_int, bf16_available, default_steps
 from .errors import ConfigError
 from .guidance import GuidedModel, class_ids
+from .pixels import to_uint8
 from .schedule import NoiseSchedule, at_timesteps
 
 SPACINGS = ("trailing", "leading", "linspace")
@@ -318,8 +319,3 @@ class _TrajectoryRecorder:
 
     def result(self) -> Trajectory:
         return Trajectory(self.timesteps, torch.stack(self.frames), torch.stack(self.x0_frames))
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats (…, C, H, W) → uint8 in [0, 255] on the CPU (values outside are clamped)."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
