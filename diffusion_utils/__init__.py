@@ -40,7 +40,7 @@ from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_trained_or_pretrained, pretrained_card
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
-from .superres import ConditionedModel, sample_cascade, upsample
+from .superres import ConditionedModel, noised_condition, sample_cascade, upsample
 from .training import TrainingInterrupted, TrainResult, TrainState, ema_decay_at, make_ema, train, train_step
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid, save_stages_animation,
@@ -57,7 +57,7 @@ __all__ = [
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
-    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel",
+    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel", "noised_condition",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     # what the notebooks use, so that they import only the top level
     "LiveTrainingView", "ResidualBlock", "SelfAttention", "batches_per_epoch", "default_feature_extractor",
