@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from cpu_peak import cpu_peak
 from diffusion_utils import NoiseSchedule, TrainConfig, UNet, load_dataset, resolve_device
 from diffusion_utils.config import bf16_available
 from diffusion_utils.data import epoch_batches
@@ -115,10 +116,12 @@ def flops_per_image(config: TrainConfig, device: torch.device) -> float:
     """FLOPs of one training image: the forward and backward pass of the UNet (the optimiser and
     the EMA are a few FLOPs per parameter and left out), counted by ``FlopCounterMode``."""
     model = UNet.from_config(config).to(device)
-    x = torch.randn(config.batch_size, 3, config.img_size, config.img_size, device=device)
+    size = config.crop_size or config.img_size  # an upsampler trains on crops
+    x = torch.randn(config.batch_size, 3, size, size, device=device)
     t = torch.randint(0, config.n_steps, (config.batch_size,), device=device)
+    cond = dict(cond=torch.randn_like(x), cond_t=t) if model.cond_channels else {}
     with FlopCounterMode(display=False) as counter:
-        model(x, t).pow(2).mean().backward()
+        model(x, t, **cond).pow(2).mean().backward()
     return counter.get_total_flops() / config.batch_size
 
 
@@ -128,6 +131,8 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+    if device.type == "cpu":  # no data sheet: the attainable float32 FLOP/s, measured (cpu_peak.py)
+        return cpu_peak(torch.float32) / 1e12
     return None
 
 
@@ -142,7 +147,8 @@ def main() -> None:
                         help="DataLoader worker processes of the original-style pipeline (default 0, "
                              "DataLoader's own default)")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak TFLOP/s for the MFU (default: known GPUs only)")
+                        help="the device's peak TFLOP/s for the MFU (default: known GPUs' data sheets; "
+                             "on a CPU, the float32 FLOP/s cpu_peak.py measures)")
     args = parser.parse_args()
 
     config = TrainConfig.preset(args.preset)

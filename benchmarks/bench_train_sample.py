@@ -2,7 +2,12 @@
 
     python benchmarks/bench_train_sample.py --preset quick --device cpu
     python benchmarks/bench_train_sample.py --preset full --device cuda --train-steps 50
-    python benchmarks/bench_train_sample.py --preset quick --device cpu --variants fp32,bf16,compile
+    python benchmarks/bench_train_sample.py --preset quick --device cpu --variants fp32,bf16,channels_last,compile
+    python benchmarks/bench_train_sample.py --preset quick --device cpu --threads 1
+
+On the CPU each training figure comes with its MFU: achieved FLOP/s (the UNet's forward + backward
+FLOPs per image, counted by ``torch.utils.flop_counter``, times images/s) over the attainable FLOP/s
+of this CPU in the same dtype on the same threads, measured first by ``cpu_peak.py``.
 
 Training: ``--train-steps`` optimiser steps of the preset's UNet on random images at the preset's
 size and batch (data loading is excluded: the dataset is an in-memory tensor, so it costs nothing
@@ -18,6 +23,8 @@ import time
 
 import torch
 
+from bench_pipeline import flops_per_image
+from cpu_peak import cpu_peak
 from diffusion_utils import NoiseSchedule, TrainConfig, UNet, count_parameters, resolve_device, sample
 from diffusion_utils.training import TrainState, train_step
 from diffusion_utils.config import bf16_available
@@ -36,15 +43,19 @@ def bench_training(config: TrainConfig, device: torch.device, steps: int, warmup
     Algorithm 1, backward, clipping, AdamW and the EMA update) on random in-memory images.
 
     ``variant``: ``"default"`` (what ``train`` does on this device), ``"fp32"``, ``"bf16"``
-    (bfloat16 autocast forced on, whatever the device) or ``"compile"`` (``torch.compile``d UNet;
-    its compile time falls in the untimed warm-up steps).
+    (bfloat16 autocast forced on, whatever the device), ``"channels_last"`` (the UNet's weights and
+    the batch in NHWC memory order, which oneDNN's convolutions prefer) or ``"compile"``
+    (``torch.compile``d UNet; its compile time falls in the untimed warm-up steps).
     """
     state = TrainState(config.replace(device=str(device)), device)
+    x0 = torch.rand(config.batch_size, 3, config.img_size, config.img_size, device=device) * 2 - 1
     if variant in ("fp32", "bf16"):
         state.autocast_dtype = torch.bfloat16 if variant == "bf16" else None
+    elif variant == "channels_last":
+        state.model.to(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
     elif variant == "compile":
-        state.model = torch.compile(state.model)
-    x0 = torch.rand(config.batch_size, 3, config.img_size, config.img_size, device=device) * 2 - 1
+        state.network = torch.compile(state.model)
     for _ in range(warmup):
         train_step(state, x0)
     synchronize(device)
@@ -72,7 +83,7 @@ def bench_sampling(config: TrainConfig, device: torch.device, n: int, calls: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=("quick", "full"), default="quick")
+    parser.add_argument("--preset", choices=("quick", "full", "sr64"), default="quick")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -80,7 +91,10 @@ def main() -> None:
                         help="also time these training variants first: fp32, bf16, compile (comma-separated)")
     parser.add_argument("--sample-n", type=int, default=16)
     parser.add_argument("--sample-calls", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     config = TrainConfig.preset(args.preset)
     device = resolve_device(args.device)
@@ -90,10 +104,21 @@ def main() -> None:
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"bf16 autocast: {config.bf16 and bf16_available(device)}")
 
+    flops = flops_per_image(config, device)
+    peaks = {}
+    if device.type == "cpu":
+        peaks = {"fp32": cpu_peak(torch.float32), "bf16": cpu_peak(torch.bfloat16)}
+        print(f"CPU attainable (cpu_peak.py): float32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bfloat16 "
+              f"{peaks['bf16'] / 1e9:.0f} GFLOP/s; the UNet: {flops / 1e9:.2f} GFLOP per training image")
+
+    def mfu(rate: float, variant: str) -> str:
+        peak = peaks.get("bf16" if variant == "bf16" else "fp32")
+        return f" = {rate * flops / 1e9:.0f} GFLOP/s, MFU {rate * flops / peak:.0%}" if peak else ""
+
     for variant in args.variants.split(","):
         if variant != "default":
             rate = bench_training(config, device, args.train_steps, args.warmup, variant)
-            print(f"training, {variant}: {rate:.1f} images/s")
+            print(f"training, {variant}: {rate:.1f} images/s{mfu(rate, variant)}")
     images_per_s = bench_training(config, device, args.train_steps, args.warmup)
     steps_per_epoch_full = 8189 // config.batch_size
     n_images = config.max_images or 8189
