@@ -21,6 +21,7 @@ One module per idea, each readable top to bottom:
 - :mod:`~diffusion_utils.evaluation` — :func:`evaluate_samplers`: KID and wall time per sampler
 - :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
 - :mod:`~diffusion_utils.widgets` — the denoising slider, the guidance widget and the live training view
+- :mod:`~diffusion_utils.exercises` — :func:`check_exercise`: the learner's lines against the package's, with a hint
 - :mod:`~diffusion_utils.cli` — ``python -m diffusion_utils train|sample|export``
 """
 
@@ -31,6 +32,7 @@ from .errors import CheckpointError, ConfigError, DataError, DiffusionError, Run
 from .editing import box_mask, inpaint, sdedit
 from .guidance import GuidedModel
 from .evaluation import SamplerRun, evaluate_samplers
+from .exercises import check_exercise
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
                       compute_kid, default_feature_extractor, extract_features)
 from .model import (ResidualBlock, SelfAttention, UNet, count_parameters, layer_shapes, parameter_table,
@@ -41,7 +43,9 @@ from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_tra
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
 from .superres import ConditionedModel, noised_condition, sample_cascade, upsample
-from .training import TrainingInterrupted, TrainResult, TrainState, ema_decay_at, make_ema, train, train_step
+from .training import TrainState, ema_decay_at, make_ema, train_step
+from .run import RunHooks, TrainingInterrupted, TrainingRun, TrainResult, run_training
+from .run_figures import RunFigures, train
 from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid, save_stages_animation,
                             save_large_sample, show_images)
@@ -59,6 +63,7 @@ __all__ = [
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel", "noised_condition",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
+    "check_exercise",
     # what the notebooks use, so that they import only the top level
     "LiveTrainingView", "ResidualBlock", "SelfAttention", "batches_per_epoch", "default_feature_extractor",
     "ema_decay_at", "layer_shapes", "parameter_table", "plot_time_embedding", "plot_unet", "unet_levels",

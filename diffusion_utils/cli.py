@@ -37,7 +37,8 @@ from .guidance import check_guidance_scale, class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
 from .sampling import sample, to_uint8
 from .superres import upsample
-from .training import TRAIN_OUTPUTS, TrainingInterrupted, train
+from .run import TrainingInterrupted
+from .run_figures import TRAIN_OUTPUTS, train
 from .visualization import save_animation, save_grid, save_large_sample, save_stages_animation
 
 

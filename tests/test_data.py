@@ -19,8 +19,12 @@ import torch
 from PIL import Image
 
 import diffusion_utils.data as data
+import diffusion_utils.flowers102 as flowers102
+import diffusion_utils.image_cache as image_cache
 from diffusion_utils import ConfigError, DataError, DiffusionError, ImageDataset, load_dataset, make_synthetic_flowers
-from diffusion_utils.data import FLOWERS102_MIRRORS, cache_path_for, epoch_batches, preprocess
+from diffusion_utils.batches import epoch_batches
+from diffusion_utils.flowers102 import FLOWERS102_MIRRORS
+from diffusion_utils.image_cache import cache_path_for, preprocess
 
 
 def one_line(err: BaseException) -> str:
@@ -173,13 +177,13 @@ def test_folder_cache_is_written_reused_and_invalidated(image_folder, tmp_path, 
     cache = tmp_path / "cache"
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     calls = []
-    real_decode = data._decode_files
+    real_decode = data.decode_files
 
     def counting_decode(files, *args, **kwargs):
         calls.append(len(files))
         return real_decode(files, *args, **kwargs)
 
-    monkeypatch.setattr(data, "_decode_files", counting_decode)
+    monkeypatch.setattr(data, "decode_files", counting_decode)
     with pytest.warns(UserWarning):
         first = load_dataset(str(folder), S, cache_dir=cache, progress=False)
     assert calls == [10]
@@ -190,7 +194,7 @@ def test_folder_cache_is_written_reused_and_invalidated(image_folder, tmp_path, 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data, "_decode_files", refuse)
+    monkeypatch.setattr(data, "decode_files", refuse)
     second = load_dataset(str(folder), S, cache_dir=cache, progress=False)
     assert torch.equal(first.images, second.images)
 
@@ -198,7 +202,7 @@ def test_folder_cache_is_written_reused_and_invalidated(image_folder, tmp_path, 
     Image.fromarray(np.zeros((S, S, 3), np.uint8)).save(folder / "k_new.png")
     with pytest.raises(AssertionError, match="decoded again"):
         load_dataset(str(folder), S, cache_dir=cache, progress=False)
-    monkeypatch.setattr(data, "_decode_files", counting_decode)
+    monkeypatch.setattr(data, "decode_files", counting_decode)
     with pytest.warns(UserWarning):
         third = load_dataset(str(folder), S, cache_dir=cache, progress=False)
     assert calls == [10, 11] and len(third) == len(first) + 1
@@ -233,7 +237,7 @@ def test_cache_location_rules(tmp_path, monkeypatch):
     assert cache_path_for(folder, 16).parent == tmp_path / "env"
     monkeypatch.delenv("DIFFUSION_CACHE_DIR")
     assert cache_path_for(folder, 16).parent == tmp_path / "parent"
-    monkeypatch.setattr(data, "DEFAULT_HOME", tmp_path / "home")
+    monkeypatch.setattr(image_cache, "DEFAULT_HOME", tmp_path / "home")
     (tmp_path / "parent").chmod(0o555)
     try:
         assert cache_path_for(folder, 16).is_relative_to(tmp_path / "home")
@@ -352,8 +356,8 @@ def test_flowers102_offline_download_tries_every_mirror(tmp_path, monkeypatch):
         tried.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
-    monkeypatch.setattr(data, "download_url", offline)
+    monkeypatch.setattr(flowers102, "download_and_extract_archive", offline)
+    monkeypatch.setattr(flowers102, "download_url", offline)
     with pytest.raises(DataError) as info:
         load_dataset("flowers102", S, root=tmp_path / "root", download=True, cache_dir=tmp_path / "c",
                      progress=False)
@@ -386,8 +390,8 @@ def test_flowers102_download_falls_back_to_the_second_mirror(flowers_root, tmp_p
         name = url.rsplit("/", 1)[1]
         shutil.copy2(src / name, Path(root) / name)
 
-    monkeypatch.setattr(data, "download_and_extract_archive", fake_archive)
-    monkeypatch.setattr(data, "download_url", fake_url)
+    monkeypatch.setattr(flowers102, "download_and_extract_archive", fake_archive)
+    monkeypatch.setattr(flowers102, "download_url", fake_url)
     with pytest.warns(UserWarning, match="missing"):
         ds = load_dataset("flowers102", S, root=tmp_path / "root", download=True, cache_dir=tmp_path / "c",
                           progress=False)
@@ -504,3 +508,29 @@ def test_a_file_where_a_folder_belongs_is_one_line_before_any_download(case, tmp
             load_dataset("flowers102", S, root=tmp_path / "file" / "root", cache_dir=tmp_path / "c", progress=False)
     assert "is a file" in one_line(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_the_package_reads_no_private_attribute_of_torchvision():
+    """Flowers102 is read with public functions only. No module of the package reads an underscore
+    attribute of anything imported from torchvision (``Flowers102._file_dict``, …) nor the private
+    attributes of its dataset objects (a split's ``_labels``), which a release may rename at will."""
+    import ast
+
+    dataset_privates = {"_labels", "_split", "_file_dict", "_download_url_prefix", "_image_files", "_splits_map",
+                        "_base_folder", "_images_folder"}
+    for path in sorted(Path(data.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        from_torchvision = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                            and (node.module or "").startswith("torchvision") for alias in node.names}
+        from_torchvision |= {(alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
+                             if isinstance(node, ast.Import) for alias in node.names
+                             if alias.name.startswith("torchvision")}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+                continue
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            where = f"{path.name}:{node.lineno} reads {node.attr}"
+            assert node.attr not in dataset_privates, where
+            assert not (isinstance(base, ast.Name) and base.id in from_torchvision), where

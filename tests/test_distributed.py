@@ -26,7 +26,7 @@ from diffusion_utils import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
 from diffusion_utils import distributed
 from diffusion_utils.data import epoch_batches, make_synthetic_flowers
 from diffusion_utils.errors import ConfigError
-from diffusion_utils.training import TrainingInterrupted
+from diffusion_utils.run import TrainingInterrupted
 
 # Tolerance for "the same weights": the all-reduce adds the two half-batch gradients in another
 # order than one process sums the whole batch, so weights agree to float32 rounding (measured:

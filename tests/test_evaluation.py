@@ -66,7 +66,7 @@ def test_load_trained_or_pretrained_prefers_the_checkpoint_and_never_trains(trai
     assert "Showing the model notebook 03 trained" in capsys.readouterr().out
 
     exported = export_pretrained(trained_run.checkpoint_path, tmp_path / "mine.pt", {"images_seen": 1234})
-    monkeypatch.setattr("diffusion_utils.training.train", lambda *a, **k: pytest.fail("must not train"))
+    monkeypatch.setattr("diffusion_utils.run.train_step", lambda *a, **k: pytest.fail("must not train"))
     for missing_or_bad in (tmp_path / "nb" / "diffusion_unet_pixels.pth", exported.with_suffix(".md")):
         model, schedule, config = load_trained_or_pretrained(missing_or_bad, pretrained=str(exported))
         out = capsys.readouterr().out

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import diffusion_utils.run as run_module
 import diffusion_utils.training as training
 from diffusion_utils import (CHECKPOINT_NAME, CheckpointError, ConfigError, RunFolderError, TrainingDiverged,
                              TrainingInterrupted, load_checkpoint, load_dataset, load_model, make_ema,
@@ -210,7 +211,7 @@ def test_weights_that_become_non_finite_are_never_saved(tmp_path, monkeypatch):
     16 images, one step per epoch): the run stops before that epoch's grid and checkpoint, naming
     step 2 and the last good checkpoint (step 1), which stays byte for byte what epoch 1 wrote."""
     ckpt, saved = tmp_path / CHECKPOINT_NAME, {}
-    real_step = training.train_step
+    real_step = run_module.train_step
 
     def step_then_poison(state, x0, y=None):
         if state.step == 1:
@@ -221,7 +222,7 @@ def test_weights_that_become_non_finite_are_never_saved(tmp_path, monkeypatch):
                 next(state.model.parameters()).view(-1)[0] = float("nan")
         return loss
 
-    monkeypatch.setattr(training, "train_step", step_then_poison)
+    monkeypatch.setattr(run_module, "train_step", step_then_poison)
     with pytest.raises(TrainingDiverged) as info:
         train(config(max_images=16), tmp_path, dataset=load_dataset("synthetic", 16, max_images=16), progress=False)
     message = str(info.value)
@@ -248,7 +249,7 @@ def test_a_second_ctrl_c_in_the_first_epoch_leaves_nothing_to_resume(tmp_path, d
 def test_train_refuses_a_locked_or_unwritable_folder_before_loading_data(tmp_path, monkeypatch):
     """From Python too: a folder below a file, or a folder another run holds, fails before any
     data is loaded (dataset=None would load it) and leaves the disk as it was."""
-    monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(run_module, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunFolderError, match="is a file"):
         train(config(), tmp_path / "file" / "run", progress=False)
