@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import KIDResult, compute_kid
-from .sampling import sample, to_uint8
+from .pixels import draw_in_batches
+from .sampling import sample
 from .schedule import NoiseSchedule
 
 
@@ -57,16 +58,15 @@ def evaluate_samplers(model: torch.nn.Module, schedule: NoiseSchedule, reference
     device = next(model.parameters()).device
     runs = []
     for sampler, steps in tqdm(settings, desc="samplers", disable=not progress):
-        batches = []
+
+        def draw(first: int, size: int) -> torch.Tensor:
+            return sample(model, schedule, size, sampler=sampler, steps=steps, eta=eta, bf16=bf16,
+                          generator=torch.Generator().manual_seed(seed + first // batch_size), progress=False)
+
         _synchronize(device)
         start = time.perf_counter()
-        for b, first in enumerate(range(0, n, batch_size)):
-            size = min(batch_size, n - first)
-            images = sample(model, schedule, size, sampler=sampler, steps=steps, eta=eta, bf16=bf16,
-                            generator=torch.Generator().manual_seed(seed + b), progress=False)
-            batches.append(to_uint8(images))
+        images = draw_in_batches(draw, n, batch_size)
         _synchronize(device)
         seconds = time.perf_counter() - start
-        images = torch.cat(batches)
         runs.append(SamplerRun(sampler, steps, images, seconds, compute_kid(images, reference, feature_extractor)))
     return runs

