@@ -39,7 +39,8 @@ from .model import (ResidualBlock, SelfAttention, UNet, count_parameters, layer_
                     sinusoidal_embedding, unet_levels)
 from .interpolation import interpolate, slerp
 from .loss import diffusion_loss
-from .pretrained import PRETRAINED, export_pretrained, load_pretrained, load_trained_or_pretrained, pretrained_card
+from .pretrained import PRETRAINED, export_pretrained, load_pretrained, pretrained_card
+from .fallback import load_trained_or_pretrained
 from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
 from .superres import ConditionedModel, noised_condition, sample_cascade, upsample

@@ -454,3 +454,21 @@ def test_cli_export_errors_are_one_line(case, trained_run, tmp_path, capsys):
     assert run_main(argv) == 2
     assert_one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_exported_card_names_the_data_never_a_path_of_the_machine(trained_run, tmp_path):
+    """A run trained on a folder of this machine: the card, and the config inside the file, name
+    the folder by its own name (the torchvision Flowers102 layout as flowers102); no path remains."""
+    from diffusion_utils import load_checkpoint, save_checkpoint
+
+    for folder, name in ((tmp_path / "my photos" / "roses", "roses"),
+                         (tmp_path / "data" / "flowers-102" / "jpg", "flowers102")):
+        state = load_checkpoint(trained_run.checkpoint_path)
+        state["config"] = state["config"].replace(data=str(folder), data_root=str(tmp_path / "data")).to_dict()
+        ckpt = save_checkpoint(tmp_path / "run.pth", {k: v for k, v in state.items() if k != "format"})
+        out = export_pretrained(ckpt, tmp_path / "shared" / f"{name}.pt")
+        text = out.with_suffix(".md").read_text(encoding="utf-8")
+        assert str(tmp_path) not in text and f"trained on {name}" in text and f"({name});" in text
+        model, _, config = load_pretrained(out)
+        assert (config.data, config.data_root) == (name, None)
+        assert str(tmp_path) not in repr(torch.load(out, weights_only=True)["config"])

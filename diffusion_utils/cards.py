@@ -1,0 +1,208 @@
+"""Model cards: what a pretrained file is, how to load it, how it was trained and how good it is.
+
+:func:`render_card` turns a config and the card's facts (plain values: the command, the commit,
+the wall time, KID and FID beside the real-data floor, notes, …) into the Markdown file that lies
+beside every pretrained file; :func:`checkpoint_facts` reads what a training checkpoint already
+knows. A card is meant to be shared: it names the data by dataset or by the folder's own name
+(:func:`~diffusion_utils.data.dataset_name`), never by a path of the machine that trained it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import shlex
+
+import torch
+
+from .config import TrainConfig
+from .data import dataset_name
+from .errors import CheckpointError
+from .model import UNet, count_parameters
+
+# The card's figures, in the order the Markdown shows them (any other key is listed after them).
+CARD_KEYS = ("command", "command_source", "commit", "images_seen", "steps", "epochs", "wall_time", "hardware",
+             "final_loss", "parameters", "kid", "kid_std", "fid", "floor_kid", "floor_kid_std", "floor_fid",
+             "n_samples", "sampler", "sample_steps", "reference", "limitations", "notes")
+
+
+def checkpoint_facts(state: dict, model: UNet | None = None) -> dict:
+    """What a training checkpoint tells the model card: steps, epochs, images seen, final loss."""
+    config: TrainConfig = state["config"]
+    step = int(state.get("step", 0))
+    # A run drops each epoch's remainder batch, so every step saw a full batch (or, when the
+    # data is smaller than a batch, all of it).
+    per_step = min(config.batch_size, config.max_images) if config.max_images else config.batch_size
+    facts = {"steps": step, "epochs": int(state.get("epoch", 0)), "images_seen": step * per_step}
+    losses = state.get("losses")
+    if isinstance(losses, torch.Tensor) and losses.numel():
+        facts["final_loss"] = round(float(losses[-50:].float().mean()), 5)
+    facts["parameters"] = count_parameters(model if model is not None else UNet.from_config(config))
+    return facts
+
+
+def plain_card(value, where: str = "card"):
+    """``value`` with tuples turned into lists; a :class:`CheckpointError` for anything that is not
+    a plain type (the file must load with ``weights_only=True``, and the card must be readable)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, numbers.Integral):  # also numpy integers, stored as Python ints
+        return int(value)
+    if isinstance(value, numbers.Real):  # also numpy floats
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_card(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"{where} has a non-string key {bad[0]!r}; card keys must be strings")
+        return {k: plain_card(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise CheckpointError(f"{where} is a {type(value).__name__}; a model card holds only str, int, float, "
+                          f"bool, None, lists and dicts")
+
+
+# ---------------------------------------------------------------------------------------------
+# The card, as Markdown: one function per section, each taking the facts it shows out of ``c``
+# ---------------------------------------------------------------------------------------------
+def render_card(name: str, config: TrainConfig, card: dict) -> str:
+    """A short, readable model card: what it is, how to load it, how it was trained, how good it is."""
+    c = dict(card)
+    lines = ([f"# {name}: a pretrained diffusion_utils DDPM", ""] + _what_it_is(config, c) + _load_it(name, config)
+             + _how_it_was_trained(config, c) + _quality(c) + _limitations(config, c))
+    notes = c.pop("notes", None)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {item}" for item in (notes if isinstance(notes, list) else [notes])]
+    if c:  # whatever else the card holds
+        lines += ["", "## Other facts", ""] + [f"- {key}: {_figure(value)}" for key, value in c.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _what_it_is(config: TrainConfig, c: dict) -> list[str]:
+    size = f"{config.img_size}×{config.img_size}"
+    data = dataset_name(config.data) + (f" ({config.max_images} images)" if config.max_images else "")
+    params = c.pop("parameters", None)
+    lines = [
+        f"A pixel-space DDPM (Ho et al. 2020) that generates {size} RGB images, trained on {data}. "
+        f"The UNet has {_number(params) + ' parameters, ' if params else ''}base {config.base_channels} channels, "
+        f"channel multipliers {list(config.channel_mults)}, {config.num_res_blocks} residual block(s) per level and "
+        f"self-attention at level(s) {list(config.attention_levels)}; it predicts {_prediction(config.prediction)} "
+        f"under a {config.n_steps}-step {config.schedule} noise schedule. The file holds the EMA weights in "
+        f"float16 and the full training config.",
+        "",
+    ]
+    if config.num_classes:
+        lines += [
+            f"It is class-conditional on {config.num_classes} classes (label dropout {config.p_uncond:g} in "
+            f"training), so one set of weights samples unconditionally or a chosen class with classifier-free "
+            f"guidance (Ho & Salimans 2022).",
+            "",
+        ]
+    return lines
+
+
+def _load_it(name: str, config: TrainConfig) -> list[str]:
+    names = config.class_names
+    example = "sunflower" if "sunflower" in names else (names[0] if names else 0)  # for the examples
+    how = f"sampler={config.sampler!r}, steps={config.steps_for_sampling}"
+    lines = ["## Load it", "", "```python",
+             "from diffusion_utils import load_pretrained, pretrained_card, sample",
+             f'model, schedule, config = load_pretrained("{name}")  # or a path to {name}.pt',
+             f"images = sample(model, schedule, 16, {how})  # in [-1, 1]"]
+    if config.num_classes:
+        lines.append(f"guided = sample(model, schedule, 16, {how}, classes={example!r}, guidance_scale=3)")
+    one_class = f" (add `--class {shlex.quote(str(example))} --guidance 3` for one class)." if config.num_classes else "."
+    return lines + ["```", "", f"or from a shell: `python -m diffusion_utils sample --pretrained {name} --out outputs`"
+                    + one_class, ""]
+
+
+def _how_it_was_trained(config: TrainConfig, c: dict) -> list[str]:
+    command, source, commit = c.pop("command", None), c.pop("command_source", None), c.pop("commit", None)
+    lines = ["## How it was trained", "",
+             f"- Command: `{command}`" + (f" ({source})" if source else "") if command else "- Command: not recorded",
+             f"- Commit: `{commit}`" if commit else "- Commit: not recorded"]
+    seen, steps, epochs = c.pop("images_seen", None), c.pop("steps", None), c.pop("epochs", None)
+    if seen is not None:
+        detail = ", ".join(part for part in (
+            f"{_number(steps)} optimizer steps" if steps is not None else "",
+            f"batch {config.batch_size}",
+            f"{_number(epochs)} epochs" if epochs is not None else "") if part)
+        lines.append(f"- Images seen: {_number(seen)} ({detail})")
+    wall, hardware = c.pop("wall_time", None), c.pop("hardware", None)
+    if wall is not None:
+        lines.append(f"- Wall time: {duration_text(wall)}" + (f" on {hardware}" if hardware else ""))
+    elif hardware:
+        lines.append(f"- Hardware: {hardware}")
+    loss = c.pop("final_loss", None)
+    if loss is not None:
+        lines.append(f"- Final training loss (mean of the last 50 steps): {_figure(loss)}")
+    decay = "" if config.lr_decay == "none" else f" then {config.lr_decay} decay to 0"
+    lines.append(f"- Optimiser: AdamW, lr {config.lr:g}, warm-up {config.lr_warmup_steps} steps{decay}, "
+                 f"EMA decay up to {config.ema_decay:g} (power-function γ {config.ema_gamma:g}), "
+                 f"loss weighting {config.loss_weighting}, seed {config.seed}")
+    return lines
+
+
+def _quality(c: dict) -> list[str]:
+    kid, kid_std, fid = c.pop("kid", None), c.pop("kid_std", None), c.pop("fid", None)
+    floor_kid, floor_kid_std, floor_fid = c.pop("floor_kid", None), c.pop("floor_kid_std", None), c.pop("floor_fid", None)
+    n_samples, sampler, sample_steps = c.pop("n_samples", None), c.pop("sampler", None), c.pop("sample_steps", None)
+    reference = c.pop("reference", None)
+    if all(v is None for v in (kid, fid, floor_kid, floor_fid)):
+        return ["", "## Quality", "", "Not measured."]
+    how = ", ".join(part for part in (
+        f"{_number(n_samples)} generated images" if n_samples is not None else "",
+        f"sampler {sampler}" + (f" with {sample_steps} steps" if sample_steps is not None else "") if sampler else "",
+        f"against {reference}" if reference else "") if part)
+    return ["", "## Quality", "", f"Measured with {how}." if how else "Measured as below.", "",
+            "| metric | this model | real-data floor |", "|---|---|---|",
+            f"| KID (lower is better) | {_with_std(kid, kid_std)} | {_with_std(floor_kid, floor_kid_std)} |",
+            f"| FID (lower is better) | {_figure(fid)} | {_figure(floor_fid)} |", "",
+            "The floor is what two disjoint sets of real images score against each other at the same "
+            "sample size: the best any model can reach in this measurement, not zero."]
+
+
+def _limitations(config: TrainConfig, c: dict) -> list[str]:
+    limitations = c.pop("limitations", None)
+    lines = ["", "## Limitations", ""]
+    if limitations:
+        lines += [f"- {item}" for item in (limitations if isinstance(limitations, list) else [limitations])]
+    knows = (f"it knows its {config.num_classes} class labels but no text prompts" if config.num_classes
+             else "it knows no labels or text prompts")
+    return lines + [f"- {config.img_size}×{config.img_size} pixels only, and only the kind of images it was trained "
+                    f"on ({dataset_name(config.data)}); {knows}.",
+                    "- A teaching model: small and briefly trained, far from the state of the art.",
+                    "- Weights are stored in float16 and cast to float32 on loading."]
+
+
+def _prediction(prediction: str) -> str:
+    return {"eps": "the noise ε", "v": "the velocity v (Salimans & Ho 2022)"}.get(prediction, prediction)
+
+
+def _number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _figure(value) -> str:
+    if value is None:
+        return "not measured"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return _number(value)
+
+
+def _with_std(value, std) -> str:
+    return _figure(value) if value is None or std is None else f"{_figure(value)} ± {_figure(std)}"
+
+
+def duration_text(value) -> str:
+    """Seconds in words: ``45 s``, ``23 min (1,380 s)``, ``4 h 21 min (15,668 s)``; anything that
+    is not a number as it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    seconds = float(value)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return (f"{hours} h {minutes} min" if hours else f"{minutes} min") + f" ({seconds:,.0f} s)"
