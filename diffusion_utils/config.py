@@ -156,10 +156,8 @@ class TrainConfig:
              "channel_mults", "a non-empty tuple of positive integers")
         need(all(0 <= level < len(self.channel_mults) for level in self.attention_levels),
              "attention_levels", f"level indices in [0, {len(self.channel_mults) - 1}]")
+        check_halvable(self.img_size, len(self.channel_mults))
         halvings = len(self.channel_mults) - 1
-        if self.img_size % (2 ** halvings) != 0:
-            raise ConfigError(f"img_size must be divisible by {2 ** halvings} so the UNet can halve "
-                              f"it {halvings} times; got {self.img_size}")
         need(self.time_emb_dim % 2 == 0, "time_emb_dim", "an even positive integer")
         need(0 <= self.dropout < 1, "dropout", "in [0, 1)")
         need(self.lr > 0, "lr", "a positive number")
@@ -343,6 +341,15 @@ def _check_field_names(values: dict) -> None:
     unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+
+
+def check_halvable(img_size: int, levels: int) -> None:
+    """Raise :class:`ConfigError` unless a UNet with ``levels`` resolution levels can halve
+    ``img_size`` ``levels − 1`` times."""
+    halvings = levels - 1
+    if img_size % (2 ** halvings) != 0:
+        raise ConfigError(f"img_size must be divisible by {2 ** halvings} so the UNet can halve "
+                          f"it {halvings} times; got {img_size}")
 
 
 def default_steps(sampler: str, n_steps: int) -> int:

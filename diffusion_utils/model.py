@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_halvable
 from .errors import ConfigError
 from .schedule import check_prediction
 
@@ -190,9 +191,7 @@ class UNet(nn.Module):
         self.class_names = tuple(class_names)
         self.num_levels = len(channel_mults)
         self.min_divisor = 2 ** (self.num_levels - 1)
-        if img_size % self.min_divisor != 0:
-            raise ConfigError(f"img_size must be divisible by {self.min_divisor} for a UNet with "
-                              f"{self.num_levels} levels; got {img_size}")
+        check_halvable(img_size, self.num_levels)
         self.time_embedding = TimeEmbedding(time_emb_dim)
         self.stem = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
 
