@@ -134,15 +134,7 @@ def compute_kid(generated: torch.Tensor, reference: torch.Tensor, feature_extrac
     generated = check_images(generated, "generated")
     reference = check_images(reference, "reference")
     n_gen, n_ref = len(generated), len(reference)
-    n_min = min(n_gen, n_ref)
-    if n_min < 2:
-        raise ConfigError(f"KID needs at least 2 images in each set; got {n_gen} generated and "
-                          f"{n_ref} reference (a few hundred or more give a usable number)")
-    if subset_size is None:
-        subset_size = min(KID_MAX_SUBSET_SIZE, max(2, n_min // 2))
-    if not isinstance(subset_size, int) or not 2 <= subset_size <= n_min:
-        raise ConfigError(f"subset_size must be an integer in [2, {n_min}] (the smaller set has {n_min} "
-                          f"images); got {subset_size!r}")
+    subset_size = kid_subset_size(subset_size, n_gen, n_ref)
     if not isinstance(subsets, int) or subsets < 1:
         raise ConfigError(f"subsets must be a positive integer; got {subsets!r}")
     check_batch_size(batch_size)
@@ -159,6 +151,21 @@ def compute_kid(generated: torch.Tensor, reference: torch.Tensor, feature_extrac
         mean, std = metric.compute()
     return KIDResult(mean=float(mean), std=float(std), subset_size=subset_size, subsets=subsets,
                      n_generated=n_gen, n_reference=n_ref, extractor=name)
+
+
+def kid_subset_size(subset_size: int | None, n_gen: int, n_ref: int) -> int:
+    """The images per set in each KID subset: ``subset_size``, checked to be in [2, the smaller
+    set's size], or by default half the smaller set, at most 1000."""
+    n_min = min(n_gen, n_ref)
+    if n_min < 2:
+        raise ConfigError(f"KID needs at least 2 images in each set; got {n_gen} generated and "
+                          f"{n_ref} reference (a few hundred or more give a usable number)")
+    if subset_size is None:
+        return min(KID_MAX_SUBSET_SIZE, max(2, n_min // 2))
+    if not isinstance(subset_size, int) or not 2 <= subset_size <= n_min:
+        raise ConfigError(f"subset_size must be an integer in [2, {n_min}] (the smaller set has {n_min} "
+                          f"images); got {subset_size!r}")
+    return subset_size
 
 
 def compute_fid(generated: torch.Tensor, reference: torch.Tensor, feature_extractor: nn.Module | None = None,
