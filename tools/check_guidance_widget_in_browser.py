@@ -10,7 +10,7 @@ picture, moves the guidance slider with the keyboard and checks that the picture
 "…, w = …" label change; picks another species in the dropdown and checks the picture changes again.
 Screenshots of each stage are saved. Exit status 0 when every check passes. Not part of the test
 suite: it needs Chromium and some seconds of a real browser. Shares its machinery with
-``check_slider_in_browser.py``.
+``check_in_browser.py`` (``browser_notebook.py``).
 """
 
 from __future__ import annotations

@@ -20,21 +20,11 @@ Exit status 0 when every check passes. Not part of the test suite: it needs Chro
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-UNTRAINED = (
-    "model = UNet(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), img_size=32)\n"
-    "schedule = NoiseSchedule.linear(1000)\n"
-)
-
+from browser_notebook import UNTRAINED, Checks, notebook_in_browser
 
 LIVE_VIEW = [
     "import torch\n"
@@ -64,52 +54,12 @@ def notebook_cells(checkpoint: str | None) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_notebook(folder: Path, sources: list[str], name: str) -> Path:
-    cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": src}
-             for src in sources]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                      "language": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
-    path = folder / name
-    path.write_text(json.dumps(nb))
-    return path
-
-
-def wait_for_server(url: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"JupyterLab did not start at {url} within {timeout:.0f} s")
-
-
 def visible_cells(page):
-    """The cells of the notebook on screen (an earlier check's notebook may stay open in a hidden tab)."""
+    """The cells of the notebook on screen."""
     return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
 
 
-def run_cells(page, base: str, name: str, n_cells: int) -> None:
-    """Open ``name`` in JupyterLab and run its cells as a reader would: click, Shift+Enter each."""
-    page.goto(f"{base}/lab/tree/{name}?reset")
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
-    time.sleep(5)  # let the kernel start
-    visible_cells(page).first.click()
-    page.keyboard.press("Escape")
-    for _ in range(n_cells):
-        page.keyboard.press("Shift+Enter")
-
-
-def check_slider(page, base: str, shots: Path, check) -> None:
-    run_cells(page, base, "slider_check.ipynb", 2)
+def check_slider(page, shots: Path, check) -> None:
     page.wait_for_selector(".widget-slider, .jupyter-widgets.widget-slider", timeout=180_000)
     img = page.locator(".jupyter-widgets img, .widget-image").first
     img.wait_for(timeout=60_000)
@@ -135,8 +85,7 @@ def check_slider(page, base: str, shots: Path, check) -> None:
     check(played_label != moved_label, f"Play advances the slider: {played_label!r}")
 
 
-def check_live_view(page, base: str, shots: Path, check) -> None:
-    run_cells(page, base, "live_view_check.ipynb", 2)
+def check_live_view(page, shots: Path, check) -> None:
     images = visible_cells(page).nth(1).locator(".jp-OutputArea-output img")
     images.first.wait_for(timeout=180_000)
     time.sleep(1)
@@ -167,46 +116,17 @@ def main() -> int:
                         help="slider: sample a trained model (e.g. notebooks/outputs/diffusion_unet_pixels.pth) "
                              "instead of an untrained one")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
-
     shots = Path(args.screenshots)
     shots.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="browser_check_"))
-    write_notebook(work, notebook_cells(str(Path(args.checkpoint).resolve()) if args.checkpoint else None),
-                   "slider_check.ipynb")
-    write_notebook(work, LIVE_VIEW, "live_view_check.ipynb")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.token=",
-         "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={work}",
-         "--allow-root"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "JUPYTER_CONFIG_DIR": str(work / "cfg")})
-    failures = []
-
-    def check(ok: bool, what: str) -> None:
-        print(("PASS  " if ok else "FAIL  ") + what)
-        if not ok:
-            failures.append(what)
-
-    checks = {"slider": check_slider, "live-view": check_live_view}
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for_server(f"{base}/lab")
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            for name, run_check in checks.items():
-                if args.check in (name, "all"):
-                    page = browser.new_page(viewport={"width": 1280, "height": 900})
-                    run_check(page, base, shots, check)
-                    page.close()
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    check = Checks()
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    checks = {"slider": (notebook_cells(checkpoint), check_slider), "live-view": (LIVE_VIEW, check_live_view)}
+    for name, (cells, run_check) in checks.items():
+        if args.check in (name, "all"):
+            with notebook_in_browser(cells, args.chromium, f"{name}_check.ipynb") as page:
+                run_check(page, shots, check)
     print(f"screenshots in {shots}/")
-    return 1 if failures else 0
+    return 1 if check.failures else 0
 
 
 if __name__ == "__main__":
