@@ -49,8 +49,8 @@ def flowers102_class_names() -> list[str]:
 def flowers102_present(root: Path) -> bool:
     """Whether ``root/flowers-102`` holds the image folder and both label files (checked by MD5)."""
     base = root / "flowers-102"
-    return (base / "jpg").is_dir() and all(check_integrity(str(base / FLOWERS102_FILES[key][0]), FLOWERS102_FILES[key][1])
-                                          for key in ("labels", "splits"))
+    return (base / "jpg").is_dir() and all(check_integrity(str(base / name), md5) for key, (name, md5)
+                                          in FLOWERS102_FILES.items() if key != "images")
 
 
 def download_flowers102(root: Path, mirrors=FLOWERS102_MIRRORS) -> None:
