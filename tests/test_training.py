@@ -515,3 +515,47 @@ def test_a_checkpoint_from_before_prediction_existed_loads_as_eps(checkpoint_cop
     with pytest.raises(CheckpointError, match="prediction"):
         train(config(max_images=32, num_epochs=4, prediction="v"), checkpoint_copy.parent, dataset=data,
               resume=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------------------------
+def test_hooks_are_called_at_the_start_after_every_step_and_epoch_and_at_the_end(tmp_path, dataset):
+    """A RunHooks sees the run at four moments, after the checkpoint of each epoch; the run writes
+    no figure unless a hook does (run_training: only the checkpoint)."""
+    from diffusion_utils import RunHooks, run_training
+
+    calls = []
+
+    class Recorder(RunHooks):
+        def start(self, run):
+            calls.append(("start", run.state.step, run.total_steps))
+
+        def after_step(self, run, loss):
+            calls.append(("step", run.state.step, loss == run.state.losses[-1]))
+
+        def end_of_epoch(self, run):
+            saved = load_checkpoint(run.checkpoint_path)["step"]
+            calls.append(("epoch", run.state.epoch, saved, sorted(run.state.epoch_grids)))
+
+        def end(self, run):
+            calls.append(("end", run.state.step))
+
+    run_training(config(sample_every=2), tmp_path, dataset=dataset, progress=False, hooks=[Recorder()])
+    steps = [("step", s, True) for s in range(1, STEPS_PER_EPOCH + 1)]
+    later = [("step", s, True) for s in range(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH + 1)]
+    assert calls == ([("start", 0, 8)] + steps + [("epoch", 1, 4, [])] + later + [("epoch", 2, 8, [2]), ("end", 8)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_a_hooks_outputs_are_checked_before_any_work(tmp_path, monkeypatch):
+    """What a hook says it writes is checked with the checkpoint, before the data is loaded."""
+    from diffusion_utils import RunHooks, run_training
+
+    class Writes(RunHooks):
+        outputs = ("report/",)
+
+    monkeypatch.setattr(run_module, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    (tmp_path / "report").write_text("a file where the hook's folder goes")
+    with pytest.raises(RunFolderError, match="report"):
+        run_training(config(), tmp_path, hooks=[Writes()], progress=False)

@@ -1,0 +1,46 @@
+"""The package's shape: modules import only modules below them (docs/package.md's table, read from
+the bottom up), so the import graph has no cycles; notebooks import only the top level."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "diffusion_utils"
+
+
+def documented_order() -> list[str]:
+    """The modules in the order of docs/package.md's table (bottom layer first)."""
+    text = (REPO_ROOT / "docs" / "package.md").read_text(encoding="utf-8")
+    return re.findall(r"^\| `(\w+)\.py` \|", text, flags=re.MULTILINE)
+
+
+def relative_imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports (``from .x import …``, ``from . import x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+    return found
+
+
+def test_every_module_imports_only_modules_below_it():
+    order = documented_order()
+    modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert sorted(order) == modules, "docs/package.md's table must list every module once"
+    for module in order:
+        above = [name for name in relative_imports(PACKAGE / f"{module}.py") if order.index(name) >= order.index(module)]
+        assert not above, f"{module}.py imports {above}, which docs/package.md places above it"
+
+
+def test_notebooks_import_only_the_top_level():
+    for folder in ("notebooks", "exercises"):
+        for path in sorted((REPO_ROOT / folder).glob("*.ipynb")):
+            code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+            deep = re.findall(r"(?:from|import)\s+diffusion_utils\.\w+", code)
+            assert not deep, f"{path.relative_to(REPO_ROOT)}: {deep}"
