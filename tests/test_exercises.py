@@ -1,0 +1,467 @@
+"""The exercise edition and its checks (``diffusion_utils.exercises``, ``tools/make_exercises.py``).
+
+For every exercise: the worked notebook's own lines pass; the exercise edition's blank says "not
+written yet"; each known mistake, written into the worked lines the way a learner would write it,
+gets its own hint; a wrong answer that no hint knows still fails, with the size and the place of the
+difference. The learner's lines are executed from the notebooks themselves, so a test fails when a
+notebook and its check drift apart. The committed ``exercises/`` are exactly what the generator
+makes now, and each exercise notebook runs top to bottom with every blank left blank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO_ROOT, perturb_zero_init, shared_flowers_parent
+from diffusion_utils import ConfigError, NoiseSchedule, TrainConfig, UNet, check_exercise
+from diffusion_utils.exercises import EXERCISES, run_check
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+from make_exercises import (BEGIN, END, MarkerError, blank_solutions, exercise_edition, render,  # noqa: E402
+                            worked_notebooks)
+
+WORKED = {p.name[:2]: p for p in worked_notebooks()}
+QUICK = TrainConfig.preset("quick")
+# What the checks need beside the learner's function, per exercise, and the notebook it lives in.
+WHERE = {"alpha_bar": "01", "q_sample": "01", "embed": "02", "add_time_embedding": "02", "training_step": "03",
+         "ema_update": "03", "reverse_step": "04", "ddim_step": "05", "dpmpp_step": "05", "guided_eps": "06",
+         "sdedit_start": "06"}
+# Notebook 07's exercises have no notebook yet: their worked lines are written here.
+INLINE = {
+    "condition_input": "def condition_input(x_t, z_s):\n    return torch.cat([x_t, z_s], dim=1)\n",
+    "noised_condition": "def noised_condition(z, s, noise):\n    return schedule.q_sample(z, s, noise)\n",
+}
+
+
+def conditional_model() -> UNet:
+    torch.manual_seed(0)
+    return perturb_zero_init(UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
+                                  time_emb_dim=16, img_size=16, num_classes=3)).eval()
+
+
+def context(name: str) -> dict:
+    """The keyword arguments the notebook passes to check_exercise for ``name``."""
+    if name in ("embed", "add_time_embedding", "condition_input"):
+        return {}
+    if name == "ema_update":
+        return {"config": QUICK}
+    if name == "training_step":
+        return {"config": QUICK.replace(prediction="eps", loss_weighting="none")}
+    if name == "guided_eps":
+        return {"model": conditional_model()}
+    return {"schedule": NoiseSchedule.linear(1000)}
+
+
+def namespace(ctx: dict) -> dict:
+    """What the notebooks' earlier cells define that the learner's cells read."""
+    schedule = ctx.get("schedule", NoiseSchedule.linear(1000))
+    return {"torch": torch, "F": F, "schedule": schedule, "linear": schedule, "config": QUICK}
+
+
+def exercise_cells(path) -> list[str]:
+    """The code cells of a notebook that hold the learner's lines (solutions, or their stubs)."""
+    nb = nbformat.read(path, as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code" and (BEGIN in c.source or "# ✎" in c.source)]
+
+
+def learner_code(name: str, edition: str = "notebooks", replace: tuple[tuple[str, str], ...] = ()) -> dict:
+    """Run the cells of ``name``'s notebook that hold the learner's lines (with ``replace``'s
+    substitutions made in them, as a learner would edit them) and return the namespace."""
+    ns = namespace(context(name))
+    if name in INLINE:
+        sources = [INLINE[name]] if edition == "notebooks" else [INLINE[name].split("    return")[0] + "    return ...\n"]
+    else:
+        sources = exercise_cells(REPO_ROOT / edition / WORKED[WHERE[name]].name)
+    joined = "\n\n".join(sources)
+    for old, new in replace:
+        assert old in joined, f"{name}: {old!r} is not in the worked lines"
+        joined = joined.replace(old, new)
+    exec(compile(joined, f"<{name}>", "exec"), ns)
+    return ns
+
+
+def check(name: str, ns: dict):
+    return run_check(name, ns[name], **context(name))
+
+
+# Each known mistake, as a learner would write it into the worked lines: (mistake, [(old, new), …]).
+MISTAKES = {
+    "alpha_bar": [
+        ("alpha", [("torch.cumprod(1 - linear.betas, dim=0)", "1 - linear.betas")]),
+        ("product_of_betas", [("torch.cumprod(1 - linear.betas, dim=0)", "torch.cumprod(linear.betas, dim=0)")]),
+        ("sum", [("torch.cumprod(1 - linear.betas, dim=0)", "1 - torch.cumsum(linear.betas, dim=0)")]),
+        ("shifted", [("torch.cumprod(1 - linear.betas, dim=0)",
+                      "torch.cumprod(torch.cat([torch.ones(1), 1 - linear.betas[:-1]]), dim=0)")]),
+        ("sqrt", [("torch.cumprod(1 - linear.betas, dim=0)", "torch.cumprod(1 - linear.betas, dim=0).sqrt()")]),
+    ],
+    "q_sample": [
+        ("alpha", [("alpha_bar[t].view", "(1 - linear.betas)[t].view")]),
+        ("noise_variance", [("(1 - a).sqrt() * eps", "(1 - a) * eps")]),
+        ("no_square_roots", [("a.sqrt() * x0 + (1 - a).sqrt() * eps", "a * x0 + (1 - a) * eps")]),
+        ("signal_no_sqrt", [("return a.sqrt() * x0", "return a * x0")]),
+        ("swapped", [("a.sqrt() * x0 + (1 - a).sqrt() * eps", "(1 - a).sqrt() * x0 + a.sqrt() * eps")]),
+        ("paper_index", [("alpha_bar[t].view", "alpha_bar[t - 1].view")]),
+        ("not_broadcast", [("alpha_bar[t].view(-1, 1, 1, 1)", "alpha_bar[t]")]),
+    ],
+    "embed": [
+        ("cos_first", [("[torch.sin(angles), torch.cos(angles)]", "[torch.cos(angles), torch.sin(angles)]")]),
+        ("positive_exponent", [("10000 ** (-torch.arange", "10000 ** (torch.arange")]),
+        ("over_d", [("(-torch.arange(d // 2) / (d // 2))", "(-torch.arange(d // 2) / d)")]),
+        ("interleaved", [("torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)",
+                          "torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).reshape(len(t), d)")]),
+        ("divided", [("t.float()[:, None] * omega[None, :]", "t.float()[:, None] / omega[None, :]")]),
+    ],
+    "add_time_embedding": [
+        ("no_projection", [("block.time_proj(F.silu(t_emb))", "t_emb")]),
+        ("no_silu", [("block.time_proj(F.silu(t_emb))", "block.time_proj(t_emb)")]),
+        ("silu_after", [("block.time_proj(F.silu(t_emb))", "F.silu(block.time_proj(t_emb))")]),
+        ("multiplied", [("return h + block", "return h * block")]),
+        ("wrong_axes", [("[:, :, None, None]", "[:, None, None, :]")]),
+    ],
+    "training_step": [
+        ("paper_t", [("torch.randint(0, schedule.n_steps,", "torch.randint(1, schedule.n_steps + 1,")]),
+        ("eps_first", [("    t = torch.randint", "    eps = torch.randn(x0.shape, generator=generator)\n    t = torch.randint"),
+                       ("    eps = torch.randn(x0.shape, generator=generator)                          # ε ~ N(0, I)\n", "")]),
+        ("x0_target", [("F.mse_loss(model(x_t, t), eps)", "F.mse_loss(model(x_t, t), x0)")]),
+        ("clean_input", [("F.mse_loss(model(x_t, t), eps)", "F.mse_loss(model(x0, t), eps)")]),
+        ("no_clipping", [("torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)", "pass")]),
+        ("no_zero_grad", [("    optimizer.zero_grad()\n", "")]),
+    ],
+    "ema_update": [
+        ("swapped", [("p_ema.mul_(d).add_(p, alpha=1 - d)", "p_ema.mul_(1 - d).add_(p, alpha=d)")]),
+        ("exponent_gamma", [("** (config.ema_gamma + 1)", "** config.ema_gamma")]),
+        ("no_cap", [("min(config.ema_decay, (1 - 1 / (n + 1)) ** (config.ema_gamma + 1))",
+                     "(1 - 1 / (n + 1)) ** (config.ema_gamma + 1)")]),
+        ("max_not_min", [("d = min(", "d = max(")]),
+        ("n_not_n_plus_1", [("(1 - 1 / (n + 1))", "(1 - 1 / n)")]),
+        ("fixed_decay", [("min(config.ema_decay, (1 - 1 / (n + 1)) ** (config.ema_gamma + 1))", "config.ema_decay")]),
+    ],
+    "reverse_step": [
+        ("alpha_in_x0", [("((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt())",
+                          "((x_t - (1 - alpha).sqrt() * eps_hat) / alpha.sqrt())")]),
+        ("x0_no_sqrt", [("/ ab.sqrt()).clamp", "/ ab).clamp")]),
+        ("no_clip", [(".clamp(-1, 1)", "")]),
+        ("prev_wraps", [("schedule.alpha_bars_prev[t]", "schedule.alpha_bars[t - 1]")]),
+        ("variance_for_std", [("return mean + var.sqrt() * z", "return mean + var * z")]),
+        ("beta_variance", [("return mean + var.sqrt() * z", "return mean + beta.sqrt() * z")]),
+        ("no_noise", [("return mean + var.sqrt() * z", "return mean")]),
+    ],
+    "ddim_step": [
+        ("raw_eps", [("    eps = (x - alpha_bar(t).sqrt() * x0) / (1 - alpha_bar(t)).sqrt()", "    pass")]),
+        ("wrapped_alpha_bar", [("return alpha_bar(s).sqrt() * x0 + (1 - alpha_bar(s)).sqrt() * eps",
+                                "return schedule.alpha_bars[s].sqrt() * x0 + (1 - schedule.alpha_bars[s]).sqrt() * eps")]),
+        ("rebuilt_xt", [("return alpha_bar(s).sqrt() * x0 + (1 - alpha_bar(s)).sqrt() * eps",
+                         "return alpha_bar(t).sqrt() * x0 + (1 - alpha_bar(t)).sqrt() * eps")]),
+        ("variance_for_std", [("(1 - alpha_bar(s)).sqrt() * eps", "(1 - alpha_bar(s)) * eps")]),
+        ("signal_no_sqrt", [("return alpha_bar(s).sqrt() * x0", "return alpha_bar(s) * x0")]),
+    ],
+    "dpmpp_step": [
+        ("full_log_snr", [("return 0.5 * torch.log(", "return torch.log(")]),
+        ("r_inverted", [("r = (lam(t) - lam(t_prev)) / h", "r = h / (lam(t) - lam(t_prev))")]),
+        ("exp_sign", [("torch.expm1(-h)", "torch.expm1(h)")]),
+        ("variance_ratio", [("((1 - alpha_bar(s)) / (1 - alpha_bar(t))).sqrt() * x",
+                             "((1 - alpha_bar(s)) / (1 - alpha_bar(t))) * x")]),
+        ("first_order_only", [("D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev", "D = x0")]),
+        ("weights_swapped", [("D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev",
+                              "D = (1 + 1 / (2 * r)) * x0_prev - 1 / (2 * r) * x0")]),
+        ("no_last_step", [("    if s < 0:", "    if False:")]),
+    ],
+    "guided_eps": [
+        ("their_w", [("return eps_null + w * (eps_c - eps_null)", "return (1 + w) * eps_c - w * eps_null")]),
+        ("wrong_branch", [("return eps_null + w * (eps_c - eps_null)", "return eps_c + w * (eps_null - eps_c)")]),
+        ("reversed", [("return eps_null + w * (eps_c - eps_null)", "return eps_null + w * (eps_null - eps_c)")]),
+        ("no_base", [("return eps_null + w * (eps_c - eps_null)", "return w * (eps_c - eps_null)")]),
+    ],
+    "sdedit_start": [
+        ("paper_index", [("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps)")]),
+        ("reversed_strength", [("round(strength * schedule.n_steps) - 1", "round((1 - strength) * schedule.n_steps) - 1")]),
+        ("noise_variance", [("    return schedule.q_sample(x0, torch.full((len(x0),), t0), eps)",
+                             "    ab = schedule.alpha_bars[t0]\n    return ab.sqrt() * x0 + (1 - ab) * eps")]),
+        ("alpha", [("    return schedule.q_sample(x0, torch.full((len(x0),), t0), eps)",
+                    "    a = schedule.alphas[t0]\n    return a.sqrt() * x0 + (1 - a).sqrt() * eps")]),
+        ("no_shrink", [("    return schedule.q_sample(x0, torch.full((len(x0),), t0), eps)",
+                        "    ab = schedule.alpha_bars[t0]\n    return x0 + (1 - ab).sqrt() * eps")]),
+    ],
+    "condition_input": [
+        ("reversed", [("[x_t, z_s]", "[z_s, x_t]")]),
+        ("batch_axis", [("dim=1", "dim=0")]),
+        ("added", [("torch.cat([x_t, z_s], dim=1)", "x_t + z_s")]),
+        ("stacked", [("torch.cat", "torch.stack")]),
+    ],
+    "noised_condition": [
+        ("noise_variance", [("return schedule.q_sample(z, s, noise)",
+                             "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n    return ab.sqrt() * z + (1 - ab) * noise")]),
+        ("alpha", [("return schedule.q_sample(z, s, noise)",
+                    "a = schedule.alphas[s].view(-1, 1, 1, 1)\n    return a.sqrt() * z + (1 - a).sqrt() * noise")]),
+        ("clean", [("return schedule.q_sample(z, s, noise)", "return z")]),
+        ("swapped", [("return schedule.q_sample(z, s, noise)",
+                      "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n    return (1 - ab).sqrt() * z + ab.sqrt() * noise")]),
+    ],
+}
+
+# A wrong answer no hint knows, and what the message must say about where it differs.
+UNKNOWN = {
+    "alpha_bar": ([("torch.cumprod(1 - linear.betas, dim=0)", "torch.cumprod(1 - linear.betas, dim=0) * 0.999")],
+                  "t = 1"),
+    "q_sample": ([("(1 - a).sqrt() * eps", "(1 - a).sqrt() * eps + 0.01 * (t == 499).view(-1, 1, 1, 1)")], "t = 500"),
+    "embed": ([("dim=1)  # [sin", "dim=1) + 0.01 * (t == 7).float()[:, None]  # [sin")], "t = 7"),
+    "add_time_embedding": ([("[:, :, None, None]", "[:, :, None, None] * 1.01")], "channel"),
+    "training_step": ([("return loss.item()", "return loss.item() * 1.01")], "step 1, in the loss"),
+    "ema_update": ([("p_ema.mul_(d).add_(p, alpha=1 - d)", "p_ema.mul_(d).add_(p, alpha=1 - d).add_(1e-3)")], "n = "),
+    "reverse_step": ([("return mean + var.sqrt() * z", "return mean + var.sqrt() * z + 0.01 * (t == 500)")], "t = 501"),
+    "ddim_step": ([("(1 - alpha_bar(s)).sqrt() * eps", "(1 - alpha_bar(s)).sqrt() * eps * 1.01")], "t = "),
+    "dpmpp_step": ([("        return x0\n", "        return x0 * 0.99\n")], "the last step"),
+    "guided_eps": ([("w * (eps_c - eps_null)", "w * (eps_c - eps_null) * 1.01")], "w = 7.5"),
+    "sdedit_start": ([("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps) - 2")], "strength"),
+    "condition_input": ([("[x_t, z_s]", "[x_t, z_s * 0.9]")], "channel"),
+    "noised_condition": ([("schedule.q_sample(z, s, noise)", "schedule.q_sample(z, s, noise) * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
+                         "s = 100"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The exercises themselves
+# ---------------------------------------------------------------------------------------------
+def test_there_are_at_least_ten_exercises_each_with_three_known_mistakes_all_tested():
+    in_notebooks = set(WHERE)
+    assert len(in_notebooks) >= 10
+    for name, ex in EXERCISES.items():
+        keys = [m.key for m in ex.mistakes(context(name))]
+        assert len(keys) >= 3 and len(set(keys)) == len(keys), name
+        assert sorted(keys) == sorted(key for key, _ in MISTAKES[name]), f"{name}: every known mistake needs a test"
+    assert set(EXERCISES) == in_notebooks | set(INLINE)
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_worked_lines_pass(name):
+    result = check(name, learner_code(name))
+    assert result.passed, result.message
+    assert result.message.startswith(f"✓ {name} matches the package (max |Δ| = ")
+    assert result.max_abs <= EXERCISES[name].tolerance
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_blank_says_not_written_yet(name):
+    result = check(name, learner_code(name, edition="exercises"))
+    assert result.status == "not written", result.message
+    assert result.message.startswith("✗ not written yet: replace the ...")
+
+
+@pytest.mark.parametrize("name,mistake,edits", [(n, m, e) for n, cases in MISTAKES.items() for m, e in cases],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_each_known_mistake_gets_its_own_hint(name, mistake, edits):
+    result = check(name, learner_code(name, replace=tuple(edits)))
+    assert not result.passed
+    assert result.mistake == mistake, result.message
+    hint = next(m.hint for m in EXERCISES[name].mistakes(context(name)) if m.key == mistake)
+    assert result.message.splitlines()[-1] == f"  hint: {hint}"
+    assert result.message.count("\n") == 1  # the verdict, then the hint
+
+
+@pytest.mark.parametrize("name", sorted(UNKNOWN))
+def test_an_unknown_wrong_answer_fails_with_the_size_and_place_of_the_difference(name):
+    edits, place = UNKNOWN[name]
+    result = check(name, learner_code(name, replace=tuple(edits)))
+    assert result.status == "differs" and result.mistake is None, result.message
+    assert result.message.startswith(f"✗ {name} differs from the package: max |Δ| = ")
+    assert result.max_abs > EXERCISES[name].tolerance
+    assert place in result.where and f" at {result.where} " in result.message
+    assert "\n" not in result.message
+
+
+def test_a_helper_left_blank_counts_as_not_written():
+    """dpmpp_step written, but the lam it calls still returns the stub's ...: not written, not a TypeError."""
+    ns = learner_code("dpmpp_step", replace=(("return 0.5 * torch.log(alpha_bar(t) / (1 - alpha_bar(t)))", "return ..."),))
+    assert check("dpmpp_step", ns).status == "not written"
+
+
+def test_an_exception_in_the_learners_code_is_one_line_never_a_traceback(capsys):
+    def q_sample(x0, t, eps):
+        raise ValueError("a bad day")
+
+    schedule = NoiseSchedule.linear(1000)
+    returned = check_exercise("q_sample", q_sample, schedule=schedule)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["✗ q_sample raised ValueError: a bad day", "using the package's q_sample: yours raised an error"]
+    x0, t, eps = torch.zeros(2, 3, 4, 4), torch.tensor([3, 900]), torch.randn(2, 3, 4, 4)
+    assert torch.equal(returned(x0, t, eps), schedule.q_sample(x0, t, eps))
+
+
+def test_wrong_kinds_of_answer_are_named():
+    schedule = NoiseSchedule.linear(1000)
+    assert run_check("q_sample", 3, schedule=schedule).message == (
+        "✗ q_sample is not a function (it is int): define it with def q_sample(…) in the cell above")
+    assert run_check("q_sample", lambda x0, t, eps: [1.0], schedule=schedule).message == (
+        "✗ q_sample returned a list, not a tensor")
+    assert run_check("alpha_bar", [0.5] * 1000, schedule=schedule).message == "✗ alpha_bar is a list, not a tensor"
+    shape = run_check("alpha_bar", schedule.alpha_bars[:10], schedule=schedule)
+    assert shape.message == "✗ alpha_bar has shape (10,) where the package's has shape (1000,)"
+
+
+def test_nan_in_the_learners_output_fails():
+    schedule = NoiseSchedule.linear(1000)
+    result = run_check("alpha_bar", schedule.alpha_bars.clone().index_fill_(0, torch.tensor([41]), float("nan")),
+                       schedule=schedule)
+    assert result.status == "differs" and "max |Δ| = inf (NaN in yours) at t = 42" in result.message
+
+
+def test_check_exercise_falls_back_to_the_package_and_says_so(capsys):
+    schedule = NoiseSchedule.linear(1000)
+    ns = learner_code("q_sample", edition="exercises")
+    returned = check_exercise("alpha_bar", ns["alpha_bar"], schedule=schedule)
+    assert returned is schedule.alpha_bars
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "using the package's alpha_bar: yours is not written yet"
+    mine = learner_code("q_sample")
+    assert check_exercise("q_sample", mine["q_sample"], schedule=schedule) is mine["q_sample"]
+    assert capsys.readouterr().out.count("\n") == 1  # only the ✓ line
+    wrong = learner_code("q_sample", replace=(("(1 - a).sqrt() * eps", "(1 - a) * eps"),))
+    check_exercise("q_sample", wrong["q_sample"], schedule=schedule)
+    assert capsys.readouterr().out.splitlines()[-1] == "using the package's q_sample: yours differs from it"
+
+
+@pytest.mark.parametrize("name", [n for n, ex in sorted(EXERCISES.items()) if ex.falls_back and not ex.is_value])
+def test_every_fallback_matches_the_worked_lines(name):
+    """What later cells get instead of an unsolved exercise is itself a passing answer."""
+    package = EXERCISES[name].package(context(name))
+    assert run_check(name, package, **context(name)).passed
+
+
+def test_exercises_that_no_later_cell_uses_return_the_learners_version(capsys):
+    ns = learner_code("ema_update", edition="exercises")
+    assert check_exercise("ema_update", ns["ema_update"], config=QUICK) is ns["ema_update"]
+    assert capsys.readouterr().out.splitlines() == [
+        "✗ not written yet: replace the ... in ema_update with your lines, run that cell, then this one"]
+
+
+def test_a_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    check("training_step", learner_code("training_step"))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_bad_calls_are_one_line_config_errors():
+    with pytest.raises(ConfigError, match="unknown exercise 'q_smaple'"):
+        check_exercise("q_smaple", lambda: None)
+    with pytest.raises(ConfigError, match=r"needs schedule=: pass the schedule your q_sample uses"):
+        check_exercise("q_sample", lambda x0, t, eps: x0)
+    with pytest.raises(ConfigError, match="class-conditional"):
+        check_exercise("guided_eps", lambda c, n, w: c, model=UNet(base_channels=8, channel_mults=(1,),
+                                                                   attention_levels=(), time_emb_dim=16, img_size=8))
+
+
+# ---------------------------------------------------------------------------------------------
+# The two editions
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", worked_notebooks(), ids=lambda p: p.name[:2])
+def test_the_committed_exercise_edition_is_what_the_generator_makes(path):
+    committed = REPO_ROOT / "exercises" / path.name
+    assert committed.exists(), f"run python tools/make_exercises.py to write {committed.name}"
+    assert committed.read_text(encoding="utf-8") == render(path), "stale: run python tools/make_exercises.py"
+
+
+def test_no_exercise_notebook_without_a_worked_one():
+    assert sorted(p.name for p in (REPO_ROOT / "exercises").glob("0*.ipynb")) == [p.name for p in worked_notebooks()]
+
+
+@pytest.mark.parametrize("path", worked_notebooks(), ids=lambda p: p.name[:2])
+def test_every_blank_is_checked_and_the_exercise_edition_has_no_answers_or_outputs(path):
+    worked = nbformat.read(path, as_version=4)
+    code = [c.source for c in worked.cells if c.cell_type == "code"]
+    for i, source in enumerate(code):
+        if BEGIN in source:
+            defined = [n for n, where in WHERE.items() if where == path.name[:2]
+                       and (f"def {n}(" in source or f"\n{n} = " in "\n" + source)]
+            later = "\n".join(c for c in code[i + 1:] if c.startswith("# NBVAL_CHECK_OUTPUT"))
+            assert defined, f"{path.name}: a blank that no exercise checks: {source[:60]!r}"
+            for name in defined:
+                assert f'{name} = check_exercise("{name}", {name}' in later, f"{path.name}: {name} is never checked"
+    exercise, blanks = exercise_edition(path)
+    text = json.dumps(exercise)
+    assert BEGIN not in text and END not in text and "NBVAL_CHECK_OUTPUT" not in text
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in exercise.cells if c.cell_type == "code")
+    assert f"blob/main/exercises/{path.name}" in exercise.cells[0].source
+    assert f"(../notebooks/{path.name})" in exercise.cells[0].source
+    assert f"(../exercises/{path.name})" in worked.cells[0].source
+    assert blanks == sum(s.count(BEGIN) for s in code)
+
+
+def test_blanks_become_stubs_that_later_code_can_recognise():
+    source = ("x = 1\n### BEGIN SOLUTION\nalpha_bar = torch.cumprod(1 - betas, dim=0)\n### END SOLUTION\n\n"
+              "def f(x):\n    # write it\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n")
+    blanked, n = blank_solutions(source)
+    assert n == 2
+    assert blanked.split("\n") == [
+        "x = 1", "alpha_bar = ...  # ✎ your line here, in place of the ...", "", "def f(x):", "    # write it",
+        "    return ...  # ✎ your lines here, in place of this one", ""]
+    for bad in ("### BEGIN SOLUTION\nx = 1\n", "x = 1\n### END SOLUTION\n", "### BEGIN SOLUTION\nprint(1)\n### END SOLUTION\n",
+                "### BEGIN SOLUTION\n### BEGIN SOLUTION\n"):
+        with pytest.raises(MarkerError):
+            blank_solutions(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The exercise edition runs to the end, blanks and all
+# ---------------------------------------------------------------------------------------------
+# Read at import, before conftest's fixture clears DIFFUSION_* for each test: CI's quick mode.
+_ENV = {key: os.environ.get(key) for key in ("DIFFUSION_PRESET", "DIFFUSION_DATA", "DIFFUSION_EPOCHS",
+                                              "DIFFUSION_CACHE_DIR")}
+# The worked edition runs at the quick preset's size under nbval; the blank run checks that every cell
+# of the exercise edition runs, so it shrinks what only costs time (set right after the config cell).
+SMALLER = {
+    "03": "config = config.replace(max_images=128, num_epochs=1)   # a blank run: one short epoch",
+    "04": "N_SAMPLES, N_FRAMES = 2, 11                               # a blank run: two samples",
+    "05": "N_EVAL, N_REF, STEP_COUNTS = 4, 64, [5]                   # a blank run: a few samples",
+    "06": "N_SEEDS, STEPS, STRENGTHS = 2, 5, [0.5, 1.0]              # a blank run: fewer steps",
+}
+
+
+def kernel_environment() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["DIFFUSION_PRESET"] = _ENV["DIFFUSION_PRESET"] or "quick"
+    env["DIFFUSION_EPOCHS"] = _ENV["DIFFUSION_EPOCHS"] or "2"
+    local = shared_flowers_parent() / "flowers-102" / "jpg"
+    env["DIFFUSION_DATA"] = _ENV["DIFFUSION_DATA"] or (str(local) if local.is_dir() else "synthetic")
+    for key in ("DIFFUSION_CACHE_DIR",):
+        env.pop(key, None)
+        if _ENV[key]:
+            env[key] = _ENV[key]
+    return env
+
+
+@pytest.fixture(scope="module")
+def blank_run_folder(tmp_path_factory):
+    """exercises/ and docs/ side by side, as in the repository, so relative paths resolve; notebook 03's
+    checkpoint lands in its outputs/ for 04 and 05, as a learner's would."""
+    root = tmp_path_factory.mktemp("blank_run")
+    (root / "exercises").mkdir()
+    (root / "docs").symlink_to(REPO_ROOT / "docs")
+    return root / "exercises"
+
+
+@pytest.mark.parametrize("path", worked_notebooks(), ids=lambda p: p.name[:2])
+def test_the_exercise_edition_runs_to_the_end_with_every_blank_left_blank(path, blank_run_folder):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO_ROOT / "exercises" / path.name, as_version=4)
+    if path.name[:2] in SMALLER:
+        config_cell = next(i for i, c in enumerate(nb.cells) if "TrainConfig.from_env()" in c.source)
+        nb.cells.insert(config_cell + 1, nbformat.v4.new_code_cell(SMALLER[path.name[:2]], id="smaller"))
+    NotebookClient(nb, timeout=1200, kernel_name="python3", allow_errors=False,
+                   resources={"metadata": {"path": str(blank_run_folder)}}).execute(env=kernel_environment())
+    printed = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    sources = "".join(c.source for c in nb.cells)
+    assert "Traceback" not in printed and "✓" not in printed
+    for name in [n for n in EXERCISES if f'check_exercise("{n}"' in sources]:
+        stub = f'"{name} = ..."' if EXERCISES[name].is_value else name
+        assert f"✗ not written yet: replace the ... in {stub} with" in printed, name
+        if EXERCISES[name].falls_back:
+            assert f"using the package's {name}: yours is not written yet" in printed, name
