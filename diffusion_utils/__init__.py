@@ -1,23 +1,31 @@
 """diffusion_utils: a small, tested pixel-space DDPM (Ho et al. 2020) for 64×64 flowers.
 
-One module per idea, each readable top to bottom:
+One module per idea, each readable top to bottom (docs/package.md lists them in import order):
 
 - :mod:`~diffusion_utils.config` — :class:`TrainConfig`, every hyperparameter, presets
 - :mod:`~diffusion_utils.schedule` — :class:`NoiseSchedule`, the forward process q(xₜ | x₀)
 - :mod:`~diffusion_utils.model` — :class:`UNet`, the noise predictor ε_θ(xₜ, t)
+- :mod:`~diffusion_utils.pixels` — :func:`to_uint8`, ``to_model_range``: the two ranges an image lives in
 - :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers
+  (from :mod:`~diffusion_utils.flowers102`, :mod:`~diffusion_utils.synthetic`, :mod:`~diffusion_utils.image_cache`;
+  training batches from :mod:`~diffusion_utils.batches`)
 - :mod:`~diffusion_utils.loss` — :func:`diffusion_loss`, Algorithm 1: the training loss in one function
-- :mod:`~diffusion_utils.training` — :func:`train`, the loop of Algorithm 1
+- :mod:`~diffusion_utils.training` — Algorithm 1: :class:`TrainState`, :func:`train_step`, the lr rule, the EMA
+- :mod:`~diffusion_utils.run` — the run around it: the loop, checks, checkpoints, Ctrl-C, NaN, :class:`RunHooks`
+- :mod:`~diffusion_utils.run_figures` — :func:`train`: a run that also draws its figures
 - :mod:`~diffusion_utils.distributed` — several processes under ``torchrun`` (DistributedDataParallel)
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
 - :mod:`~diffusion_utils.files` — output-folder checks, atomic writes, the run-folder lock
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
+- :mod:`~diffusion_utils.cards` — the model card beside each pretrained file
+- :mod:`~diffusion_utils.fallback` — :func:`load_trained_or_pretrained`: the model a notebook shows
 - :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
 - :mod:`~diffusion_utils.superres` — :func:`upsample`, :func:`sample_cascade`: 32 px → 64 px with a second diffusion model
 - :mod:`~diffusion_utils.guidance` — classifier-free guidance: :class:`GuidedModel`, class names and ids
 - :mod:`~diffusion_utils.interpolation` — :func:`slerp`, :func:`interpolate`: walking between two samples
 - :mod:`~diffusion_utils.editing` — :func:`sdedit`, :func:`inpaint`: editing real images
-- :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`, :func:`extract_features`: sample quality vs real images
+- :mod:`~diffusion_utils.features` — feature extractors (offline InceptionV3, random convs), :func:`extract_features`
+- :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`: sample quality vs real images
 - :mod:`~diffusion_utils.evaluation` — :func:`evaluate_samplers`: KID and wall time per sampler
 - :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
 - :mod:`~diffusion_utils.widgets` — the denoising slider, the guidance widget and the live training view
@@ -63,6 +71,7 @@ __all__ = [
     "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel", "noised_condition",
+    "RunHooks", "RunFigures", "TrainingRun", "run_training",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     "check_exercise",
     # what the notebooks use, so that they import only the top level

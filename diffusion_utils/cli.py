@@ -28,17 +28,18 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, check_compatible, load_checkpoint, load_model
-from .config import MAX_SEED, PRESET_ENV, PRESETS, SAMPLERS, TrainConfig, default_steps, is_device_name, resolve_device
-from .data import load_dataset, to_model_range
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from .config import MAX_SEED, PRESET_ENV, PRESETS, SAMPLERS, TrainConfig, is_device_name, resolve_device
+from .data import dataset_name, load_dataset
 from .errors import DiffusionError, short_reason
 from .files import check_output_folder, lock_run_folder
 from .guidance import check_guidance_scale, class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
-from .sampling import sample, to_uint8
+from .sampling import sample
 from .superres import upsample
-from .run import TrainingInterrupted
-from .run_figures import TRAIN_OUTPUTS, train
+from .pixels import draw_in_batches, to_model_range
+from .run import TrainingInterrupted, TrainingRun
+from .run_figures import TRAIN_OUTPUTS, RunFigures, train  # noqa: F401  (train: as Python callers reach it here)
 from .visualization import save_animation, save_grid, save_large_sample, save_stages_animation
 
 
@@ -202,16 +203,12 @@ def run_train(args) -> int:
 
 def _train_config(args, out: Path) -> TrainConfig:
     """The run's config: the preset (or the environment's) with the flags applied, or on
-    ``--resume`` the checkpoint's own settings, changed only where a flag was given (e.g. --epochs)."""
+    ``--resume`` the checkpoint's own settings, changed only where a flag was given (e.g. --epochs;
+    the run then checks that it continues the checkpoint)."""
     overrides = train_overrides(args)
     ckpt = out / CHECKPOINT_NAME
-    if args.resume and args.init_from:
-        raise DiffusionError("--resume continues a run and --init-from starts a new one; pass only one")
     if args.resume:
-        saved = load_checkpoint(ckpt)["config"]
-        config = saved.replace(**overrides)
-        check_compatible(saved, config, ckpt)
-        return config
+        return load_checkpoint(ckpt)["config"].replace(**overrides)
     if ckpt.exists() and not args.overwrite:
         raise DiffusionError(f"{ckpt} already exists; pass --resume to continue it, --overwrite "
                              f"to replace it, or --out to choose another folder")
@@ -219,18 +216,15 @@ def _train_config(args, out: Path) -> TrainConfig:
 
 
 def _run_train(args, out: Path, config: TrainConfig, ranks: distributed.Ranks) -> int:
-    device = resolve_device(config.device)
-    # Load the data before announcing the run, so that bad --data prints only its error line.
-    with distributed.main_first(ranks):  # rank 0 fills the image cache, the others read it
-        dataset = load_dataset(config.data, config.img_size, root=config.data_root, max_images=config.max_images,
-                               seed=config.seed, progress=not args.no_progress and ranks.is_main)
-    if args.init_from:
-        load_checkpoint(args.init_from)  # a one-line error for a bad file before the run starts
-    on = f"{ranks.world_size} processes on {device}" if ranks.active else str(device)
+    # The run checks what needs no data (--resume, --init-from, the epochs), then the data is loaded
+    # and checked: every refusal comes before the announcement, as the only line on stderr.
+    run = TrainingRun(config, out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress,
+                      hooks=[RunFigures()], ranks=ranks)
+    run.prepare(run.load_data(load=load_dataset))
+    on = f"{ranks.world_size} processes on {run.device}" if ranks.active else str(run.device)
     if ranks.is_main:
-        print(f"Training on {on} with {_describe(config, dataset)} → {out}/", file=sys.stderr)
-    result = train(config, out, dataset=dataset, resume=args.resume, init_from=args.init_from,
-                   progress=not args.no_progress)
+        print(f"Training on {on} with {_describe(run.config, run.dataset)} → {out}/", file=sys.stderr)
+    result = run.train()
     if not ranks.is_main:
         return 0
     rate = result.images_seen / max(result.seconds, 1e-9)
@@ -254,18 +248,11 @@ def run_sample(args) -> int:
         model, schedule, config = load_pretrained(args.pretrained, device)
     else:
         model, schedule, config = load_model(args.checkpoint, device, use_ema=not args.raw_weights)
-    sampler = args.sampler or config.sampler
-    if args.steps is not None:
-        steps = args.steps
-    elif sampler == config.sampler:
-        steps = config.steps_for_sampling
-    else:
-        steps = default_steps(sampler, schedule.n_steps)
-    if sampler == "ddpm" and steps != schedule.n_steps:
-        raise DiffusionError(f"the ddpm sampler always takes all {schedule.n_steps} steps; drop --steps "
-                             f"or use --sampler ddim or dpmpp")
-    if not 1 <= steps <= schedule.n_steps:
-        raise DiffusionError(f"--steps must be between 1 and {schedule.n_steps}; got {steps}")
+    # The config checks the sampler and its steps (all T for ddpm; a new sampler gets its default steps).
+    same = args.sampler in (None, config.sampler)
+    plan = config.replace(sampler=args.sampler or config.sampler,
+                          sample_steps=args.steps if args.steps is not None else config.sample_steps if same else None)
+    sampler, steps = plan.sampler, plan.steps_for_sampling
     if not 0.0 <= args.eta <= 1.0:
         raise DiffusionError(f"--eta must be between 0 and 1; got {args.eta}")
     sr = _load_upsampler(args.upscale, model, device) if args.upscale else None
@@ -306,7 +293,7 @@ def _cycle_classes(given: list[str] | None, n: int, model) -> torch.Tensor | Non
     """The ``--class`` values (repeated flags or comma lists) as n ids, cycling through them."""
     if not given:
         return None
-    names = [part.strip() for item in given for part in item.split(",") if part.strip()]
+    names = [part.strip() for item in given for part in item.split(",") if part.strip()] or given  # '' is refused
     ids = class_ids(names, model, len(names))
     return ids.repeat((n + len(ids) - 1) // len(ids))[:n]
 
@@ -344,22 +331,23 @@ def _in_batches(draw, n: int, trajectory_frames: int):
     """``n`` images as uint8 on the CPU, ``draw(start, size, …)`` :data:`SAMPLE_BATCH` at a time
     from one generator (so memory stays flat for any ``n``, and ``n <= SAMPLE_BATCH`` gives the
     images of a single call), with the trajectory of the first batch (the GIF shows at most 16)."""
-    images, trajectory = [], None
-    for start in range(0, n, SAMPLE_BATCH):
-        size = min(SAMPLE_BATCH, n - start)
-        if trajectory is None:
-            batch, trajectory = draw(start, size, return_trajectory=True, trajectory_frames=trajectory_frames)
-        else:
-            batch = draw(start, size)
-        images.append(to_uint8(batch))
-    return torch.cat(images), trajectory
+    first = {}
+
+    def images(start: int, size: int) -> torch.Tensor:
+        if start:
+            return draw(start, size)
+        batch, first["trajectory"] = draw(start, size, return_trajectory=True, trajectory_frames=trajectory_frames)
+        return batch
+
+    return draw_in_batches(images, n, SAMPLE_BATCH), first["trajectory"]
 
 
 def run_export(args) -> int:
     card = _read_card(args.card) if args.card else {}
     if "command" not in card:
         state = load_checkpoint(args.checkpoint)  # one-line errors for a bad checkpoint, before any write
-        command = train_command(state["config"])
+        config = state["config"]
+        command = train_command(config.replace(data=dataset_name(config.data)))  # shared: no path of this machine
         if command:
             card = {"command": command, "command_source": "reconstructed from the checkpoint's config", **card}
     path = export_pretrained(args.checkpoint, args.out, card)

@@ -174,7 +174,8 @@ class TrainingRun:
                  ranks: distributed.Ranks | None = None):
         config.validate()  # again: a notebook may have changed a field since the config was built
         if resume and init_from is not None:
-            raise ConfigError("resume continues a run and init_from starts a new one; pass only one")
+            raise ConfigError("resume (--resume) continues a run and init_from (--init-from) starts a new one; "
+                              "pass only one")
         self.out_dir, self.hooks = Path(out_dir), list(hooks)
         self.ranks = ranks or distributed.current()
         self.device = run_device(config, self.ranks)

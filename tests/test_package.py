@@ -44,3 +44,13 @@ def test_notebooks_import_only_the_top_level():
             code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
             deep = re.findall(r"(?:from|import)\s+diffusion_utils\.\w+", code)
             assert not deep, f"{path.relative_to(REPO_ROOT)}: {deep}"
+
+
+def test_every_test_the_troubleshooting_table_names_exists():
+    """Each row of docs/troubleshooting.md names the tests that hold it; they must exist."""
+    text = (REPO_ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)::(\w+)`", text)
+    assert len(named) >= 20
+    for file, name in named:
+        source = (REPO_ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {name}\(", source, flags=re.MULTILINE), f"{file}::{name} does not exist"
