@@ -54,3 +54,31 @@ def test_every_test_the_troubleshooting_table_names_exists():
     for file, name in named:
         source = (REPO_ROOT / "tests" / file).read_text(encoding="utf-8")
         assert re.search(rf"^def {name}\(", source, flags=re.MULTILINE), f"{file}::{name} does not exist"
+
+
+def reader_texts():
+    """What users read: the README, docs/, the model cards, the notebooks' markdown."""
+    for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")),
+                 *sorted((PACKAGE / "weights").glob("*.md"))]:
+        yield path, path.read_text(encoding="utf-8")
+    for folder in ("notebooks", "exercises"):
+        for path in sorted((REPO_ROOT / folder).glob("*.ipynb")):
+            cells = nbformat.read(path, as_version=4).cells
+            yield path, "\n".join(c.source for c in cells if c.cell_type == "markdown")
+
+
+def test_what_users_read_links_to_files_that_exist():
+    for path, text in reader_texts():
+        if path.suffix != ".md":
+            continue
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)|src=\"([^\"]+)\"", text):
+            target = next(t for t in target if t)
+            if not target.startswith(("http://", "https://")):
+                assert (path.parent / target).exists(), f"{path.relative_to(REPO_ROOT)} links to missing {target}"
+
+
+def test_what_users_read_speaks_of_the_project_not_of_how_it_was_made():
+    """No sentence speaks of sessions, issues or lending: the project and its measurements only."""
+    for path, text in reader_texts():
+        found = re.findall(r"[^.\n]*\b(?:sessions?|issues?|lent|lending)\b[^.\n]*", text, flags=re.IGNORECASE)
+        assert not found, f"{path.relative_to(REPO_ROOT)}: {found}"
