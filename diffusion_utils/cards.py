@@ -69,7 +69,8 @@ def plain_card(value, where: str = "card"):
 def render_card(name: str, config: TrainConfig, card: dict) -> str:
     """A short, readable model card: what it is, how to load it, how it was trained, how good it is."""
     c = dict(card)
-    lines = ([f"# {name}: a pretrained diffusion_utils DDPM", ""] + _what_it_is(config, c) + _load_it(name, config)
+    what = "upsampler" if config.task == "sr" else "DDPM"
+    lines = ([f"# {name}: a pretrained diffusion_utils {what}", ""] + _what_it_is(config, c) + _load_it(name, config)
              + _how_it_was_trained(config, c) + _quality(c) + _limitations(config, c))
     notes = c.pop("notes", None)
     if notes:
@@ -83,6 +84,8 @@ def _what_it_is(config: TrainConfig, c: dict) -> list[str]:
     size = f"{config.img_size}×{config.img_size}"
     data = dataset_name(config.data) + (f" ({config.max_images} images)" if config.max_images else "")
     params = c.pop("parameters", None)
+    if config.task == "sr":
+        return _what_an_upsampler_is(config, data, params)
     lines = [
         f"A pixel-space DDPM (Ho et al. 2020) that generates {size} RGB images, trained on {data}. "
         f"The UNet has {_number(params) + ' parameters, ' if params else ''}base {config.base_channels} channels, "
@@ -102,7 +105,37 @@ def _what_it_is(config: TrainConfig, c: dict) -> list[str]:
     return lines
 
 
+def _what_an_upsampler_is(config: TrainConfig, data: str, params) -> list[str]:
+    low, size, crop = config.low_res_size, config.img_size, config.crop_size
+    return [
+        f"The second stage of a cascade (Ho et al. 2022; Saharia et al. 2022): a pixel-space diffusion model "
+        f"that draws {size}×{size} RGB images given {low}×{low} ones, trained on {data}. The {low} px image, "
+        f"upsampled {config.upsample_mode}ally to {size} px, is concatenated to xₜ as three extra input channels. "
+        f"In training it was noised to a random level s ∈ [0, {config.cond_aug_max}] of the same schedule "
+        f"(noise-conditioning augmentation) and s given to the network through a second time embedding; the "
+        f"model samples at s = {config.cond_aug_level} unless told otherwise. The UNet has "
+        f"{_number(params) + ' parameters, ' if params else ''}base {config.base_channels} channels, channel "
+        f"multipliers {list(config.channel_mults)}, {config.num_res_blocks} residual block(s) per level and no "
+        f"attention, so it trained on {crop or size}×{crop or size} crops and samples whole {size} px images; it "
+        f"predicts {_prediction(config.prediction)} under a {config.n_steps}-step {config.schedule} noise "
+        f"schedule. The file holds the EMA weights in float16 and the full training config.",
+        "",
+    ]
+
+
 def _load_it(name: str, config: TrainConfig) -> list[str]:
+    if config.task == "sr":
+        low = config.low_res_size
+        return ["## Load it", "", "```python",
+                "from diffusion_utils import load_pretrained, sample_cascade, upsample",
+                f'sr, sr_schedule, _ = load_pretrained("{name}")  # or a path to {name}.pt',
+                f"big = upsample(sr, sr_schedule, small)  # small: (B, 3, {low}, {low}) in [-1, 1] → "
+                f"(B, 3, {config.img_size}, {config.img_size})",
+                'base, schedule, _ = load_pretrained("flowers32")',
+                f"flowers = sample_cascade(base, sr, schedule, 16)  # both stages in one call",
+                "```", "",
+                f"or from a shell: `python -m diffusion_utils sample --pretrained flowers32 --upscale {name} "
+                f"--out outputs`.", ""]
     names = config.class_names
     example = "sunflower" if "sunflower" in names else (names[0] if names else 0)  # for the examples
     how = f"sampler={config.sampler!r}, steps={config.steps_for_sampling}"
@@ -169,7 +202,8 @@ def _limitations(config: TrainConfig, c: dict) -> list[str]:
     if limitations:
         lines += [f"- {item}" for item in (limitations if isinstance(limitations, list) else [limitations])]
     knows = (f"it knows its {config.num_classes} class labels but no text prompts" if config.num_classes
-             else "it knows no labels or text prompts")
+             else f"it draws detail on a {config.low_res_size} px image and cannot fix its composition"
+             if config.task == "sr" else "it knows no labels or text prompts")
     return lines + [f"- {config.img_size}×{config.img_size} pixels only, and only the kind of images it was trained "
                     f"on ({dataset_name(config.data)}); {knows}.",
                     "- A teaching model: small and briefly trained, far from the state of the art.",

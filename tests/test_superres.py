@@ -248,6 +248,10 @@ def test_load_pretrained_gives_an_upsampler(exported_sr):
     model, schedule, config = load_pretrained(exported_sr)
     assert model.cond_channels == 3 and model.low_res_size == 8 and config.task == "sr"
     assert upsample(model, schedule, images(1, 8), steps=2, progress=False).shape == (1, 3, 16, 16)
+    card = exported_sr.with_suffix(".md").read_text()
+    assert "# sr_tiny: a pretrained diffusion_utils upsampler" in card
+    assert "draws 16×16 RGB images given 8×8 ones" in card and "s ∈ [0, 20]" in card
+    assert "upsample(sr, sr_schedule, small)" in card and "--upscale sr_tiny" in card
 
 
 def test_cli_upscale_writes_the_four_outputs_at_the_upsamplers_size(tmp_path, exported_sr, capsys):
