@@ -115,6 +115,8 @@ TRAIN_OVERRIDES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The three commands and their flags. Long because it is a table: one ``add_argument`` per
+    flag, in the order ``--help`` shows them (the train overrides come from :data:`TRAIN_OVERRIDES`)."""
     parser = _Parser(prog="python -m diffusion_utils",
                      description="Train and sample a pixel-space DDPM on 64×64 flowers.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
