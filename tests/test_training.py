@@ -282,17 +282,16 @@ def test_resume_with_a_different_architecture_raises(checkpoint_copy, dataset):
             train(config(**change), out, dataset=dataset, resume=True, progress=False)
 
 
-def test_resume_errors(tmp_path, checkpoint_copy, dataset):
-    """Resuming without a checkpoint, or with fewer epochs than already trained, is refused;
-    so is a dataset whose image size differs from the config's."""
+def test_resume_errors(tmp_path, checkpoint_copy, dataset, monkeypatch):
+    """Resuming without a checkpoint, or with fewer epochs than already trained (before any data
+    is loaded), is refused; so is a dataset whose image size differs from the config's."""
     with pytest.raises(CheckpointError, match="not found"):
         train(config(), tmp_path / "empty", dataset=dataset, resume=True, progress=False)
-    # the shared run trained 2 epochs of 2 steps (32 images); 64 images make 4 steps per epoch,
-    # so with num_epochs=1 the checkpoint's step 4 is not past the end, but with 32 images it is
-    small = load_dataset("synthetic", 16, max_images=16, seed=0)
-    with pytest.raises(ConfigError, match="num_epochs"):
-        train(config(num_epochs=1, max_images=16), checkpoint_copy.parent, dataset=small, resume=True,
-              progress=False)
+    # the shared run trained 2 epochs: num_epochs=1 cannot continue it, and this is known before
+    # the data (loading it would fail the test)
+    monkeypatch.setattr(run_module, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(ConfigError, match="already trained 2 epochs.*num_epochs"):
+        train(config(num_epochs=1, max_images=16), checkpoint_copy.parent, resume=True, progress=False)
     with pytest.raises(ConfigError, match="img_size"):
         train(config(), tmp_path, dataset=load_dataset("synthetic", 8, max_images=4), progress=False)
 
