@@ -135,7 +135,7 @@ def test_nccl_on_the_cpu_is_refused(monkeypatch):
 
 
 def test_torchrun_trains_through_the_cli_and_refuses_a_batch_that_does_not_split(tmp_path):
-    """The command the README gives, on 2 CPU processes: one announcement, one checkpoint; then a
+    """The command docs/gpu.md gives, on 2 CPU processes: one announcement, one checkpoint; then a
     batch of 15 on 2 processes: every process exits non-zero with one line, nothing written."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
