@@ -250,6 +250,10 @@ def run_sample(args) -> int:
         model, schedule, config = load_pretrained(args.pretrained, device)
     else:
         model, schedule, config = load_model(args.checkpoint, device, use_ema=not args.raw_weights)
+    if config.task == "sr":
+        raise DiffusionError(f"{args.pretrained or args.checkpoint} is an upsampler: it draws from low-resolution "
+                             f"images; give a base model and this one as --upscale (e.g. --pretrained flowers32 "
+                             f"--upscale sr64)")
     # The config checks the sampler and its steps (all T for ddpm; a new sampler gets its default steps).
     same = args.sampler in (None, config.sampler)
     plan = config.replace(sampler=args.sampler or config.sampler,

@@ -278,3 +278,21 @@ def test_cli_upscale_refuses_a_model_that_is_not_an_upsampler_or_of_another_size
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_refuses_to_sample_an_upsampler_without_a_base(tmp_path, exported_sr, capsys):
+    out = tmp_path / "nothing"
+    assert cli.main(["sample", "--pretrained", str(exported_sr), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an upsampler" in err and "--upscale" in err and len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_trains_an_upsampler_from_any_preset(tmp_path, capsys):
+    out = tmp_path / "sr"
+    assert cli.main(["train", "--preset", "quick", "--task", "sr", "--img-size", "16", "--crop-size", "8",
+                     "--data", "synthetic", "--max-images", "16", "--batch-size", "8", "--epochs", "1",
+                     "--n-steps", "50", "--cond-aug-max", "10", "--sample-steps", "2", "--out", str(out),
+                     "--no-progress"]) == 0
+    model, _, config = load_pretrained(export_pretrained(out / CHECKPOINT_NAME, tmp_path / "sr.pt"))
+    assert config.task == "sr" and config.crop_size == 8 and model.low_res_size == 8
