@@ -72,7 +72,7 @@ def test_load_pretrained_works_from_the_unpacked_wheel(wheel, tmp_path):
         "from diffusion_utils.flowers102 import flowers102_class_names\n"
         "print(du.__file__)\n"
         "print(','.join(du.PRETRAINED))\n"
-        "name = du.PRETRAINED[0]\n"
+        "name = 'flowers32'\n"
         "model, schedule, config = du.load_pretrained(name)\n"
         "assert du.pretrained_card(name)['images_seen'] > 0\n"
         "images = du.sample(model, schedule, 1, sampler='ddim', steps=2, progress=False,\n"
