@@ -436,7 +436,7 @@ class TrainingStep(Exercise):
                  time_emb_dim=16)
 
     def size(self, ctx):
-        return f"{self.STEPS} steps of a small UNet on {self.BATCH} images, losses and weights"
+        return f"the losses and weights of {self.STEPS} steps of a small UNet on {self.BATCH} images"
 
     def config(self, ctx):
         """Algorithm 1 as the notebook's config sets it (schedule, lr, clipping, seed), on a small UNet."""

@@ -418,8 +418,8 @@ _ENV = {key: os.environ.get(key) for key in ("DIFFUSION_PRESET", "DIFFUSION_DATA
 # of the exercise edition runs, so it shrinks what only costs time (set right after the config cell).
 SMALLER = {
     "03": "config = config.replace(max_images=128, num_epochs=1)   # a blank run: one short epoch",
-    "04": "N_SAMPLES, N_FRAMES = 2, 11                               # a blank run: two samples",
-    "05": "N_EVAL, N_REF, STEP_COUNTS = 4, 64, [5]                   # a blank run: a few samples",
+    "04": "N_SAMPLES = 2                                             # a blank run: two samples",
+    "05": "N_EVAL, N_REF, STEP_COUNTS = 8, 64, [5]                   # a blank run: a few samples",
     "06": "N_SEEDS, STEPS, STRENGTHS = 2, 5, [0.5, 1.0]              # a blank run: fewer steps",
 }
 
