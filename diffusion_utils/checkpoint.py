@@ -36,6 +36,12 @@ ARCHITECTURE_FIELDS = ("img_size", "n_steps", "schedule", "beta_start", "beta_en
                        "num_classes", "task", "mid_attention", "upsample_mode")
 
 
+def ema_weights(state: dict) -> dict:
+    """The EMA's weights from a checkpoint dict, named as the UNet names them: ``AveragedModel``
+    stores its copy under ``module.`` (plus an ``n_averaged`` counter, which is dropped)."""
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Atomically write ``state`` (a dict of plain types and tensors) to ``path``."""
     return atomic_write(path, lambda file: torch.save({"format": FORMAT, **state}, file))
@@ -93,8 +99,7 @@ def checkpoint_problem(state: dict) -> str | None:
     expected = network.state_dict()
     if not all(isinstance(k, str) for k in state["ema"]):
         return "its 'ema' has a key that is not a string"
-    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    for what, weights in (("weights", state["model"]), ("EMA weights", ema)):
+    for what, weights in (("weights", state["model"]), ("EMA weights", ema_weights(state))):
         problem = weights_problem(weights, expected)
         if problem:
             return f"its {what} do not match the network its config describes ({problem})"
@@ -195,8 +200,7 @@ def load_model(path: str | os.PathLike, device="cpu", use_ema: bool = True):
     model = UNet.from_config(config)
     weights = state["model"]
     if use_ema:
-        # AveragedModel stores the copy under "module." plus an "n_averaged" counter.
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        weights = ema_weights(state)
     model.load_state_dict(weights)  # load_checkpoint checked that they fit
     model.to(device).eval()
     return model, NoiseSchedule.from_config(config), config

@@ -18,7 +18,8 @@ from PIL import Image as PILImage, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from .model import unet_levels
-from .sampling import Trajectory, to_uint8
+from .pixels import to_uint8
+from .sampling import Trajectory
 
 
 def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:

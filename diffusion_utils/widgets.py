@@ -26,7 +26,8 @@ from PIL import Image
 
 from .errors import ConfigError
 from .guidance import check_guidance_scale, class_ids
-from .sampling import Trajectory, sample, to_uint8
+from .pixels import to_uint8
+from .sampling import Trajectory, sample
 from .visualization import draw_loss, grid_image, trajectory_grids
 
 
