@@ -256,6 +256,33 @@ class AlphaBar(Exercise):
         ]
 
 
+def _jump_trial(version, ctx, steps, n_images: int, seed: int, letter: str) -> list[Trial]:
+    """A version of the jump xₛ = √ᾱₛ x + √(1−ᾱₛ) ε run once on ``n_images`` images, each at every
+    code step of ``steps`` (one batch, the step varying along it: a missing reshape shows)."""
+    device = _schedule_device(ctx)
+    steps = [t for t in steps if t < ctx["schedule"].n_steps]
+    x = _images((n_images, 3, 12, 12), seed, device).repeat(len(steps), 1, 1, 1)  # width 12 ≠ batch size
+    t = torch.tensor(steps, device=device).repeat_interleave(n_images)
+    eps = _randn(x.shape, seed + 1, device)
+    return [Trial("", _attempt(lambda: version(x.clone(), t.clone(), eps.clone())),
+                  lambda i: f"{letter} = {int(t[i[0]]) + 1}" if i else "")]
+
+
+def _jump_mistakes(schedule, sub: str, names: str) -> list[Mistake]:
+    """The mistakes of any jump √ᾱ x + √(1−ᾱ) ε; ``sub`` is the step's subscript (ₜ, ₛ) and ``names``
+    what the learner indexes ᾱ with."""
+    ab, alphas = schedule.alpha_bars, schedule.alphas
+    return [
+        Mistake("alpha", f"α{sub} = 1 − β{sub} is one step's share; the jump uses ᾱ{sub}, the product of all of them "
+                         f"up to that step ({names})",
+                lambda x, t, e: _view(alphas, t).sqrt() * x + (1 - _view(alphas, t)).sqrt() * e),
+        Mistake("noise_variance", f"the noise's coefficient is a standard deviation, √(1 − ᾱ{sub}); (1 − ᾱ{sub}) is "
+                                  f"its variance", lambda x, t, e: _view(ab, t).sqrt() * x + (1 - _view(ab, t)) * e),
+        Mistake("swapped", f"the coefficients are swapped: √ᾱ{sub} multiplies the image and √(1 − ᾱ{sub}) the noise",
+                lambda x, t, e: (1 - _view(ab, t)).sqrt() * x + _view(ab, t).sqrt() * e),
+    ]
+
+
 class QSample(Exercise):
     name, needs = "q_sample", ("schedule",)
     TIMESTEPS = (0, 99, 499, 899, 999)  # code indices: the paper's 1, 100, 500, 900, 1000
@@ -264,39 +291,20 @@ class QSample(Exercise):
     def size(self, ctx):
         return f"{self.N_IMAGES} images × {len(self.TIMESTEPS)} timesteps"
 
-    def inputs(self, ctx):
-        device = _schedule_device(ctx)
-        steps = [t for t in self.TIMESTEPS if t < ctx["schedule"].n_steps]
-        n = self.N_IMAGES * len(steps)
-        x0 = _images((self.N_IMAGES, 3, 12, 12), 1, device).repeat(len(steps), 1, 1, 1)  # W ≠ batch
-        t = torch.tensor(steps, device=device).repeat_interleave(self.N_IMAGES)
-        return x0, t, _randn((n, 3, 12, 12), 2, device)
-
     def outcomes(self, version, ctx):
-        x0, t, eps = self.inputs(ctx)
-        return [Trial("", _attempt(lambda: version(x0.clone(), t.clone(), eps.clone())),
-                      lambda i: _paper(int(t[i[0]])) if i else "")]
+        return _jump_trial(version, ctx, self.TIMESTEPS, self.N_IMAGES, 1, "t")
 
     def package(self, ctx):
         return ctx["schedule"].q_sample
 
     def mistakes(self, ctx):
-        s = ctx["schedule"]
-        ab, alphas = s.alpha_bars, s.alphas
-        return [
-            Mistake("alpha", "αₜ = 1 − βₜ is one step's share; the jump from x₀ uses ᾱₜ, the product of all of "
-                             "them up to t (alpha_bar[t])",
-                    lambda x0, t, eps: _view(alphas, t).sqrt() * x0 + (1 - _view(alphas, t)).sqrt() * eps),
-            Mistake("noise_variance", "the noise's coefficient is a standard deviation, √(1 − ᾱₜ); (1 − ᾱₜ) is "
-                                      "its variance",
-                    lambda x0, t, eps: _view(ab, t).sqrt() * x0 + (1 - _view(ab, t)) * eps),
+        ab = ctx["schedule"].alpha_bars
+        return _jump_mistakes(ctx["schedule"], "ₜ", "alpha_bar[t]") + [
             Mistake("no_square_roots", "eq. 4 gives the mean's scale and the variance: x_t needs their square "
                                        "roots, √ᾱₜ x₀ + √(1 − ᾱₜ) ε",
                     lambda x0, t, eps: _view(ab, t) * x0 + (1 - _view(ab, t)) * eps),
             Mistake("signal_no_sqrt", "the image's coefficient is √ᾱₜ (ᾱₜ is the share of its variance)",
                     lambda x0, t, eps: _view(ab, t) * x0 + (1 - _view(ab, t)).sqrt() * eps),
-            Mistake("swapped", "the coefficients are swapped: √ᾱₜ multiplies the image x₀ and √(1 − ᾱₜ) the noise",
-                    lambda x0, t, eps: (1 - _view(ab, t)).sqrt() * x0 + _view(ab, t).sqrt() * eps),
             Mistake("paper_index", "t is already the code index (the paper's step t + 1): index alpha_bar "
                                    "with t itself, not t − 1",
                     lambda x0, t, eps: _view(ab, t - 1).sqrt() * x0 + (1 - _view(ab, t - 1)).sqrt() * eps),
@@ -935,29 +943,16 @@ class NoisedCondition(Exercise):
         return f"2 images × {len(self.LEVELS)} noise levels s"
 
     def outcomes(self, version, ctx):
-        device = _schedule_device(ctx)
-        z = _images((2, 3, 8, 8), 120, device).repeat(len(self.LEVELS), 1, 1, 1)
-        s = torch.tensor(self.LEVELS, device=device).repeat_interleave(2)
-        noise = _randn(z.shape, 121, device)
-        return [Trial("", _attempt(lambda: version(z.clone(), s.clone(), noise.clone())),
-                      lambda i: f"s = {int(s[i[0]]) + 1}" if i else "")]
+        return _jump_trial(version, ctx, self.LEVELS, 2, 120, "s")
 
     def package(self, ctx):
         schedule = ctx["schedule"]
         return lambda z, s, noise: noised_condition(schedule, z, s, noise)
 
     def mistakes(self, ctx):
-        sch = ctx["schedule"]
-        ab = lambda s: _view(sch.alpha_bars, s)  # noqa: E731
-        return [
-            Mistake("noise_variance", "the noise's coefficient is the standard deviation √(1 − ᾱₛ), not the variance",
-                    lambda z, s, e: ab(s).sqrt() * z + (1 - ab(s)) * e),
-            Mistake("alpha", "the jump to level s uses ᾱₛ (schedule.alpha_bars[s]), not one step's αₛ",
-                    lambda z, s, e: _view(sch.alphas, s).sqrt() * z + (1 - _view(sch.alphas, s)).sqrt() * e),
+        return _jump_mistakes(ctx["schedule"], "ₛ", "schedule.alpha_bars[s]") + [
             Mistake("clean", "z_s is z noised to level s, √ᾱₛ z + √(1 − ᾱₛ) ε′: the noise is what makes the "
                              "upsampler forgive the base model's mistakes", lambda z, s, e: z),
-            Mistake("swapped", "the coefficients are swapped: √ᾱₛ multiplies z and √(1 − ᾱₛ) the noise",
-                    lambda z, s, e: (1 - ab(s)).sqrt() * z + ab(s).sqrt() * e),
         ]
 
 

@@ -32,11 +32,14 @@ QUICK = TrainConfig.preset("quick")
 # What the checks need beside the learner's function, per exercise, and the notebook it lives in.
 WHERE = {"alpha_bar": "01", "q_sample": "01", "embed": "02", "add_time_embedding": "02", "training_step": "03",
          "ema_update": "03", "reverse_step": "04", "ddim_step": "05", "dpmpp_step": "05", "guided_eps": "06",
-         "sdedit_start": "06"}
-# Notebook 07's exercises have no notebook yet: their worked lines are written here.
+         "sdedit_start": "06", "condition_input": "07", "noised_condition": "07"}
+HELPERS = {"dpmpp_step": ["ddim_step"]}  # exercises whose cell calls what another exercise's cell defines
+# Until notebook 07 holds its exercises, their worked lines are written here.
 INLINE = {
-    "condition_input": "def condition_input(x_t, z_s):\n    return torch.cat([x_t, z_s], dim=1)\n",
-    "noised_condition": "def noised_condition(z, s, noise):\n    return schedule.q_sample(z, s, noise)\n",
+    "condition_input": "def condition_input(x_t, z_s):\n    ### BEGIN SOLUTION\n    return torch.cat([x_t, z_s], dim=1)\n"
+                       "    ### END SOLUTION\n",
+    "noised_condition": "def noised_condition(z, s, noise):\n    ### BEGIN SOLUTION\n    return schedule.q_sample(z, s, noise)\n"
+                        "    ### END SOLUTION\n",
 }
 
 
@@ -65,21 +68,27 @@ def namespace(ctx: dict) -> dict:
     return {"torch": torch, "F": F, "schedule": schedule, "linear": schedule, "config": QUICK}
 
 
-def exercise_cells(path) -> list[str]:
-    """The code cells of a notebook that hold the learner's lines (solutions, or their stubs)."""
-    nb = nbformat.read(path, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and (BEGIN in c.source or "# ✎" in c.source)]
+def defines(source: str, name: str) -> bool:
+    return f"def {name}(" in source or f"\n{name} = " in "\n" + source
+
+
+def learner_cell(name: str, edition: str = "notebooks") -> str:
+    """The code cell of ``name``'s notebook that holds the learner's lines for it (the solution in the
+    worked edition, the stub in the exercise edition)."""
+    path = REPO_ROOT / edition / WORKED[WHERE[name]].name if WHERE[name] in WORKED else None
+    cells = nbformat.read(str(path), as_version=4).cells if path is not None and path.exists() else []
+    for c in cells:
+        if c.cell_type == "code" and (BEGIN in c.source or "# ✎" in c.source) and defines(c.source, name):
+            return c.source
+    assert name in INLINE, f"no cell of notebook {WHERE[name]} holds {name}"
+    return INLINE[name] if edition == "notebooks" else blank_solutions(INLINE[name])[0]
 
 
 def learner_code(name: str, edition: str = "notebooks", replace: tuple[tuple[str, str], ...] = ()) -> dict:
-    """Run the cells of ``name``'s notebook that hold the learner's lines (with ``replace``'s
-    substitutions made in them, as a learner would edit them) and return the namespace."""
+    """Run the cells that hold the learner's lines for ``name`` (and for the exercises it calls),
+    with ``replace``'s substitutions made in them as a learner would edit them; return the namespace."""
     ns = namespace(context(name))
-    if name in INLINE:
-        sources = [INLINE[name]] if edition == "notebooks" else [INLINE[name].split("    return")[0] + "    return ...\n"]
-    else:
-        sources = exercise_cells(REPO_ROOT / edition / WORKED[WHERE[name]].name)
-    joined = "\n\n".join(sources)
+    joined = "\n\n".join(learner_cell(n, edition) for n in [*HELPERS.get(name, []), name])
     for old, new in replace:
         assert old in joined, f"{name}: {old!r} is not in the worked lines"
         joined = joined.replace(old, new)
@@ -230,13 +239,13 @@ UNKNOWN = {
 # The exercises themselves
 # ---------------------------------------------------------------------------------------------
 def test_there_are_at_least_ten_exercises_each_with_three_known_mistakes_all_tested():
-    in_notebooks = set(WHERE)
+    in_notebooks = {name for name, where in WHERE.items() if name not in INLINE or where in WORKED}
     assert len(in_notebooks) >= 10
     for name, ex in EXERCISES.items():
         keys = [m.key for m in ex.mistakes(context(name))]
         assert len(keys) >= 3 and len(set(keys)) == len(keys), name
         assert sorted(keys) == sorted(key for key, _ in MISTAKES[name]), f"{name}: every known mistake needs a test"
-    assert set(EXERCISES) == in_notebooks | set(INLINE)
+    assert set(EXERCISES) == set(WHERE)
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
@@ -378,8 +387,7 @@ def test_every_blank_is_checked_and_the_exercise_edition_has_no_answers_or_outpu
     code = [c.source for c in worked.cells if c.cell_type == "code"]
     for i, source in enumerate(code):
         if BEGIN in source:
-            defined = [n for n, where in WHERE.items() if where == path.name[:2]
-                       and (f"def {n}(" in source or f"\n{n} = " in "\n" + source)]
+            defined = [n for n, where in WHERE.items() if where == path.name[:2] and defines(source, n)]
             later = "\n".join(c for c in code[i + 1:] if c.startswith("# NBVAL_CHECK_OUTPUT"))
             assert defined, f"{path.name}: a blank that no exercise checks: {source[:60]!r}"
             for name in defined:
