@@ -65,7 +65,7 @@ def context(name: str) -> dict:
 def namespace(ctx: dict) -> dict:
     """What the notebooks' earlier cells define that the learner's cells read."""
     schedule = ctx.get("schedule", NoiseSchedule.linear(1000))
-    return {"torch": torch, "F": F, "schedule": schedule, "linear": schedule, "config": QUICK}
+    return {"torch": torch, "F": F, "schedule": schedule, "linear": schedule, "sr_schedule": schedule, "config": QUICK}
 
 
 def defines(source: str, name: str) -> bool:

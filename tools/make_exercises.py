@@ -104,7 +104,8 @@ def exercise_edition(path: Path) -> tuple[nbformat.NotebookNode, int]:
         blanks += n
     first = nb.cells[0]
     if not WORKED_NOTE.search(first.source):
-        raise MarkerError(f"{path.name}: the first cell needs a line '*Worked edition: …*' to swap")
+        raise MarkerError(f"{path.name}: its first cell needs a line '*Worked edition: …*', as the other notebooks' "
+                          f"have, for the exercise edition's note to replace")
     first.source = WORKED_NOTE.sub(lambda _: exercise_note(path.name), first.source)
     first.source = first.source.replace(f"blob/main/notebooks/{path.name}", f"blob/main/exercises/{path.name}")
     return nb, blanks
@@ -123,10 +124,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only report stale exercise notebooks")
     args = parser.parse_args(argv)
-    stale = []
+    stale, failed = [], []
     for path in worked_notebooks():
         target = EXERCISES / path.name
-        text = render(path)
+        try:
+            text = render(path)
+        except MarkerError as err:  # one line per notebook, and carry on with the others
+            print(f"cannot make the exercise edition of {err}", file=sys.stderr)
+            failed.append(path)
+            continue
         if target.exists() and target.read_text(encoding="utf-8") == text:
             continue
         stale.append(target)
@@ -141,10 +147,10 @@ def main(argv=None) -> int:
             print(f"stale: {target.relative_to(ROOT)} (run python tools/make_exercises.py)")
         for name in extra:
             print(f"no worked notebook for exercises/{name}")
-        return 1 if stale or extra else 0
+        return 1 if stale or extra or failed else 0
     for name in extra:
         print(f"note: exercises/{name} has no worked notebook; remove it")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
