@@ -395,7 +395,8 @@ class AddTimeEmbedding(Exercise):
         return trials
 
     def expected(self, ctx):
-        return [Trial(f"a block of {c} channels with a {e}-wide embedding", _as_output(self.trial_inputs(k)[3])) for k, (c, e) in enumerate(self.BLOCKS)]
+        return [Trial(f"a block of {c} channels with a {e}-wide embedding", _as_output(self.trial_inputs(k)[3]))
+                for k, (c, e) in enumerate(self.BLOCKS)]
 
     def package(self, ctx):
         return None  # no later cell uses it
@@ -896,7 +897,8 @@ class SdeditStart(Exercise):
             Mistake("paper_index", "t₀ = strength·T is the paper's step; its code index is t₀ − 1 "
                                    "(strength 1 → index T − 1)", start(index=lambda strength: round(strength * T))),
             Mistake("reversed_strength", "strength 1 means starting from pure noise: t₀ = strength·T, so a larger "
-                                         "strength adds more noise", start(index=lambda strength: round((1 - strength) * T) - 1)),
+                                         "strength adds more noise",
+                    start(index=lambda strength: round((1 - strength) * T) - 1)),
             Mistake("noise_variance", "the noise's coefficient is the standard deviation √(1 − ᾱₜ₀), not the "
                                       "variance", start(coef=lambda t: (ab(t).sqrt(), 1 - ab(t)))),
             Mistake("alpha", "the jump uses ᾱₜ₀ (schedule.alpha_bars), the product over all steps up to t₀, not "

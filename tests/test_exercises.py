@@ -36,10 +36,10 @@ WHERE = {"alpha_bar": "01", "q_sample": "01", "embed": "02", "add_time_embedding
 HELPERS = {"dpmpp_step": ["ddim_step"]}  # exercises whose cell calls what another exercise's cell defines
 # Until notebook 07 holds its exercises, their worked lines are written here.
 INLINE = {
-    "condition_input": "def condition_input(x_t, z_s):\n    ### BEGIN SOLUTION\n    return torch.cat([x_t, z_s], dim=1)\n"
-                       "    ### END SOLUTION\n",
-    "noised_condition": "def noised_condition(z, s, noise):\n    ### BEGIN SOLUTION\n    return schedule.q_sample(z, s, noise)\n"
-                        "    ### END SOLUTION\n",
+    "condition_input": ("def condition_input(x_t, z_s):\n    ### BEGIN SOLUTION\n"
+                        "    return torch.cat([x_t, z_s], dim=1)\n    ### END SOLUTION\n"),
+    "noised_condition": ("def noised_condition(z, s, noise):\n    ### BEGIN SOLUTION\n"
+                         "    return schedule.q_sample(z, s, noise)\n    ### END SOLUTION\n"),
 }
 
 
@@ -136,8 +136,9 @@ MISTAKES = {
     ],
     "training_step": [
         ("paper_t", [("torch.randint(0, schedule.n_steps,", "torch.randint(1, schedule.n_steps + 1,")]),
-        ("eps_first", [("    t = torch.randint", "    eps = torch.randn(x0.shape, generator=generator)\n    t = torch.randint"),
-                       ("    eps = torch.randn(x0.shape, generator=generator)                          # ε ~ N(0, I)\n", "")]),
+        ("eps_first", [("    eps = torch.randn(x0.shape, generator=generator)  ", "    pass  "),
+                       ("    t = torch.randint",
+                        "    eps = torch.randn(x0.shape, generator=generator)\n    t = torch.randint")]),
         ("x0_target", [("F.mse_loss(model(x_t, t), eps)", "F.mse_loss(model(x_t, t), x0)")]),
         ("clean_input", [("F.mse_loss(model(x_t, t), eps)", "F.mse_loss(model(x0, t), eps)")]),
         ("no_clipping", [("torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)", "pass")]),
@@ -165,7 +166,8 @@ MISTAKES = {
     "ddim_step": [
         ("raw_eps", [("    eps = (x - alpha_bar(t).sqrt() * x0) / (1 - alpha_bar(t)).sqrt()", "    pass")]),
         ("wrapped_alpha_bar", [("return alpha_bar(s).sqrt() * x0 + (1 - alpha_bar(s)).sqrt() * eps",
-                                "return schedule.alpha_bars[s].sqrt() * x0 + (1 - schedule.alpha_bars[s]).sqrt() * eps")]),
+                                "ab_s = schedule.alpha_bars[s]\n"
+                                "    return ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * eps")]),
         ("rebuilt_xt", [("return alpha_bar(s).sqrt() * x0 + (1 - alpha_bar(s)).sqrt() * eps",
                          "return alpha_bar(t).sqrt() * x0 + (1 - alpha_bar(t)).sqrt() * eps")]),
         ("variance_for_std", [("(1 - alpha_bar(s)).sqrt() * eps", "(1 - alpha_bar(s)) * eps")]),
@@ -190,7 +192,8 @@ MISTAKES = {
     ],
     "sdedit_start": [
         ("paper_index", [("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps)")]),
-        ("reversed_strength", [("round(strength * schedule.n_steps) - 1", "round((1 - strength) * schedule.n_steps) - 1")]),
+        ("reversed_strength", [("round(strength * schedule.n_steps) - 1",
+                                "round((1 - strength) * schedule.n_steps) - 1")]),
         ("noise_variance", [("    return schedule.q_sample(x0, torch.full((len(x0),), t0), eps)",
                              "    ab = schedule.alpha_bars[t0]\n    return ab.sqrt() * x0 + (1 - ab) * eps")]),
         ("alpha", [("    return schedule.q_sample(x0, torch.full((len(x0),), t0), eps)",
@@ -206,12 +209,14 @@ MISTAKES = {
     ],
     "noised_condition": [
         ("noise_variance", [("return schedule.q_sample(z, s, noise)",
-                             "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n    return ab.sqrt() * z + (1 - ab) * noise")]),
+                             "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n"
+                             "    return ab.sqrt() * z + (1 - ab) * noise")]),
         ("alpha", [("return schedule.q_sample(z, s, noise)",
                     "a = schedule.alphas[s].view(-1, 1, 1, 1)\n    return a.sqrt() * z + (1 - a).sqrt() * noise")]),
         ("clean", [("return schedule.q_sample(z, s, noise)", "return z")]),
         ("swapped", [("return schedule.q_sample(z, s, noise)",
-                      "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n    return (1 - ab).sqrt() * z + ab.sqrt() * noise")]),
+                      "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n"
+                      "    return (1 - ab).sqrt() * z + ab.sqrt() * noise")]),
     ],
 }
 
@@ -228,9 +233,11 @@ UNKNOWN = {
     "ddim_step": ([("(1 - alpha_bar(s)).sqrt() * eps", "(1 - alpha_bar(s)).sqrt() * eps * 1.01")], "t = "),
     "dpmpp_step": ([("        return x0\n", "        return x0 * 0.99\n")], "the last step"),
     "guided_eps": ([("w * (eps_c - eps_null)", "w * (eps_c - eps_null) * 1.01")], "w = 7.5"),
-    "sdedit_start": ([("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps) - 2")], "strength"),
+    "sdedit_start": ([("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps) - 2")],
+                     "strength"),
     "condition_input": ([("[x_t, z_s]", "[x_t, z_s * 0.9]")], "channel"),
-    "noised_condition": ([("schedule.q_sample(z, s, noise)", "schedule.q_sample(z, s, noise) * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
+    "noised_condition": ([("schedule.q_sample(z, s, noise)",
+                           "schedule.q_sample(z, s, noise) * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
                          "s = 100"),
 }
 
@@ -287,7 +294,8 @@ def test_an_unknown_wrong_answer_fails_with_the_size_and_place_of_the_difference
 
 def test_a_helper_left_blank_counts_as_not_written():
     """dpmpp_step written, but the lam it calls still returns the stub's ...: not written, not a TypeError."""
-    ns = learner_code("dpmpp_step", replace=(("return 0.5 * torch.log(alpha_bar(t) / (1 - alpha_bar(t)))", "return ..."),))
+    ns = learner_code("dpmpp_step", replace=(("return 0.5 * torch.log(alpha_bar(t) / (1 - alpha_bar(t)))",
+                                              "return ..."),))
     assert check("dpmpp_step", ns).status == "not written"
 
 
@@ -395,7 +403,8 @@ def test_every_blank_is_checked_and_the_exercise_edition_has_no_answers_or_outpu
     exercise, blanks = exercise_edition(path)
     text = json.dumps(exercise)
     assert BEGIN not in text and END not in text and "NBVAL_CHECK_OUTPUT" not in text
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in exercise.cells if c.cell_type == "code")
+    code_cells = [c for c in exercise.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code_cells)
     assert f"blob/main/exercises/{path.name}" in exercise.cells[0].source
     assert f"(../notebooks/{path.name})" in exercise.cells[0].source
     assert f"(../exercises/{path.name})" in worked.cells[0].source
@@ -410,8 +419,8 @@ def test_blanks_become_stubs_that_later_code_can_recognise():
     assert blanked.split("\n") == [
         "x = 1", "alpha_bar = ...  # ✎ your line here, in place of the ...", "", "def f(x):", "    # write it",
         "    return ...  # ✎ your lines here, in place of this one", ""]
-    for bad in ("### BEGIN SOLUTION\nx = 1\n", "x = 1\n### END SOLUTION\n", "### BEGIN SOLUTION\nprint(1)\n### END SOLUTION\n",
-                "### BEGIN SOLUTION\n### BEGIN SOLUTION\n"):
+    for bad in ("### BEGIN SOLUTION\nx = 1\n", "x = 1\n### END SOLUTION\n",
+                "### BEGIN SOLUTION\nprint(1)\n### END SOLUTION\n", "### BEGIN SOLUTION\n### BEGIN SOLUTION\n"):
         with pytest.raises(MarkerError):
             blank_solutions(bad)
 
