@@ -25,7 +25,7 @@ import torch
 
 from bench_pipeline import flops_per_image
 from cpu_peak import cpu_peak
-from diffusion_utils import NoiseSchedule, TrainConfig, UNet, count_parameters, resolve_device, sample
+from diffusion_utils import NoiseSchedule, TrainConfig, UNet, count_parameters, resolve_device, sample, upsample
 from diffusion_utils.training import TrainState, train_step
 from diffusion_utils.config import bf16_available
 
@@ -73,10 +73,15 @@ def bench_sampling(config: TrainConfig, device: torch.device, n: int, calls: int
     model = UNet.from_config(config).to(device).eval()
     schedule = NoiseSchedule.from_config(config)
     kwargs = dict(sampler="ddim", generator=torch.Generator().manual_seed(0), bf16=config.bf16, progress=False)
-    sample(model, schedule, n, steps=2, **kwargs)  # warm-up
+    if model.cond_channels:  # an upsampler: the same calls, given random low-resolution images
+        low_res = torch.rand(n, 3, config.low_res_size, config.low_res_size) * 2 - 1
+        draw = lambda steps: upsample(model, schedule, low_res, steps=steps, **kwargs)  # noqa: E731
+    else:
+        draw = lambda steps: sample(model, schedule, n, steps=steps, **kwargs)  # noqa: E731
+    draw(2)  # warm-up
     synchronize(device)
     start = time.perf_counter()
-    sample(model, schedule, n, steps=calls, **kwargs)
+    draw(calls)
     synchronize(device)
     return (time.perf_counter() - start) / (n * calls)
 
