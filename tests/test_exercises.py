@@ -34,13 +34,7 @@ WHERE = {"alpha_bar": "01", "q_sample": "01", "embed": "02", "add_time_embedding
          "ema_update": "03", "reverse_step": "04", "ddim_step": "05", "dpmpp_step": "05", "guided_eps": "06",
          "sdedit_start": "06", "condition_input": "07", "noised_condition": "07"}
 HELPERS = {"dpmpp_step": ["ddim_step"]}  # exercises whose cell calls what another exercise's cell defines
-# Until notebook 07 holds its exercises, their worked lines are written here.
-INLINE = {
-    "condition_input": ("def condition_input(x_t, z_s):\n    ### BEGIN SOLUTION\n"
-                        "    return torch.cat([x_t, z_s], dim=1)\n    ### END SOLUTION\n"),
-    "noised_condition": ("def noised_condition(z, s, noise):\n    ### BEGIN SOLUTION\n"
-                         "    return schedule.q_sample(z, s, noise)\n    ### END SOLUTION\n"),
-}
+INLINE: dict[str, str] = {}  # an exercise's worked lines written here until its notebook holds them
 
 
 def conditional_model() -> UNet:
@@ -208,15 +202,10 @@ MISTAKES = {
         ("stacked", [("torch.cat", "torch.stack")]),
     ],
     "noised_condition": [
-        ("noise_variance", [("return schedule.q_sample(z, s, noise)",
-                             "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n"
-                             "    return ab.sqrt() * z + (1 - ab) * noise")]),
-        ("alpha", [("return schedule.q_sample(z, s, noise)",
-                    "a = schedule.alphas[s].view(-1, 1, 1, 1)\n    return a.sqrt() * z + (1 - a).sqrt() * noise")]),
-        ("clean", [("return schedule.q_sample(z, s, noise)", "return z")]),
-        ("swapped", [("return schedule.q_sample(z, s, noise)",
-                      "ab = schedule.alpha_bars[s].view(-1, 1, 1, 1)\n"
-                      "    return (1 - ab).sqrt() * z + ab.sqrt() * noise")]),
+        ("noise_variance", [("(1 - a).sqrt() * noise", "(1 - a) * noise")]),
+        ("alpha", [("sr_schedule.alpha_bars[s]", "sr_schedule.alphas[s]")]),
+        ("clean", [("return a.sqrt() * z + (1 - a).sqrt() * noise", "return z")]),
+        ("swapped", [("return a.sqrt() * z + (1 - a).sqrt() * noise", "return (1 - a).sqrt() * z + a.sqrt() * noise")]),
     ],
 }
 
@@ -236,8 +225,7 @@ UNKNOWN = {
     "sdedit_start": ([("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps) - 2")],
                      "strength"),
     "condition_input": ([("[x_t, z_s]", "[x_t, z_s * 0.9]")], "channel"),
-    "noised_condition": ([("schedule.q_sample(z, s, noise)",
-                           "schedule.q_sample(z, s, noise) * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
+    "noised_condition": ([("(1 - a).sqrt() * noise", "(1 - a).sqrt() * noise * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
                          "s = 100"),
 }
 
@@ -438,6 +426,7 @@ SMALLER = {
     "04": "N_SAMPLES = 2                                             # a blank run: two samples",
     "05": "N_EVAL, N_REF, STEP_COUNTS = 8, 64, [5]                   # a blank run: a few samples",
     "06": "N_SEEDS, STEPS, STRENGTHS = 2, 5, [0.5, 1.0]              # a blank run: fewer steps",
+    "07": "N_GRID, STEPS, LEVELS = 4, 5, [0, 100]                    # a blank run: fewer images and steps",
 }
 
 
