@@ -55,7 +55,7 @@ from .superres import ConditionedModel, noised_condition, sample_cascade, upsamp
 from .training import TrainState, ema_decay_at, make_ema, train_step
 from .run import RunHooks, TrainingInterrupted, TrainingRun, TrainResult, run_training
 from .run_figures import RunFigures, train
-from .visualization import (grid_image, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
+from .visualization import (grid_image, loss_label, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid, save_stages_animation,
                             save_large_sample, show_images)
 from .widgets import DenoisingSlider, GuidanceWidget, LiveTrainingView, denoising_slider, guidance_widget
@@ -68,7 +68,7 @@ __all__ = [
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
-    "plot_epoch_table", "plot_image_rows", "plot_loss", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
+    "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel", "noised_condition",
     "RunHooks", "RunFigures", "TrainingRun", "run_training",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .data import ImageDataset
 from .run import RunHooks, StepCallbacks, TrainingRun, TrainResult, outputs_of, run_training
-from .visualization import plot_epoch_table, plot_loss, save_grid
+from .visualization import loss_label, plot_epoch_table, plot_loss, save_grid
 from .config import TrainConfig
 
 
@@ -31,7 +31,8 @@ class RunFigures(RunHooks):
         if not run.ranks.is_main:
             return
         if run.state.losses:
-            plot_loss(run.state.losses, run.out_dir / "loss.png")
+            plot_loss(run.state.losses, run.out_dir / "loss.png",
+                      label=loss_label(run.state.config.prediction, run.state.config.loss_weighting))
         if run.state.epoch_grids:
             plot_epoch_table(run.state.epoch_grids, run.out_dir / "epoch_samples.png")
 

@@ -75,25 +75,35 @@ def smooth(values, weight: float = 0.98) -> np.ndarray:
     return out
 
 
-def draw_loss(ax, losses) -> None:
-    """The per-step loss (faint) and its moving average on ``ax``, log scale: :func:`plot_loss` and
-    the live training view draw the same curve."""
+def loss_label(prediction: str = "eps", weighting: str = "none") -> str:
+    """What a run's loss measures, for an axis: ``MSE(ε, ε̂)`` (Ho et al.), ``MSE(v, v̂)``, and either
+    with ``min-SNR-weighted`` in front (``TrainConfig.prediction`` and ``loss_weighting``)."""
+    symbol = {"eps": "ε", "v": "v"}.get(prediction, prediction)
+    mse = f"MSE({symbol}, {symbol}̂)"
+    return mse if weighting == "none" else f"{weighting.replace('_', '-').replace('snr', 'SNR')}-weighted {mse}"
+
+
+def draw_loss(ax, losses, label: str = "MSE(ε, ε̂)") -> None:
+    """The per-step loss (faint) and its moving average on ``ax``, log scale, ``label`` on its axis
+    (:func:`loss_label`): :func:`plot_loss` and the live training view draw the same curve."""
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, alpha=0.25, lw=0.8, label="per step")
     window = max(5.0, len(losses) / 40)  # about 2.5% of the run: smooth, yet not lagging behind
     ax.plot(steps, smooth(losses, 1 - 1 / window), lw=1.8, label="moving average")
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("MSE(ε, ε̂)")
+    ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend()
 
 
-def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Training loss") -> Figure:
-    """The per-step ε-prediction MSE (faint) and its moving average, on a log scale."""
+def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Training loss",
+              label: str = "MSE(ε, ε̂)") -> Figure:
+    """The per-step loss (faint) and its moving average, on a log scale; ``label`` says what it
+    measures (:func:`loss_label` of the run's config)."""
     fig = Figure(figsize=(7, 3.5))
     ax = fig.add_subplot()
-    draw_loss(ax, losses)
+    draw_loss(ax, losses, label)
     ax.set_title(title)
     fig.tight_layout()
     if path is not None:

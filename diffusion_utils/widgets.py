@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .guidance import check_guidance_scale, class_ids
 from .pixels import to_uint8
 from .sampling import Trajectory, sample
-from .visualization import draw_loss, grid_image, trajectory_grids
+from .visualization import draw_loss, grid_image, loss_label, trajectory_grids
 
 
 def encode_png(array) -> bytes:
@@ -218,7 +218,7 @@ class LiveTrainingView:
         ax_loss, ax_grid, ax_bar = (fig.add_subplot(grid_spec[0, 0]), fig.add_subplot(grid_spec[0, 1]),
                                     fig.add_subplot(grid_spec[1, :]))
         if state.losses:
-            draw_loss(ax_loss, state.losses)
+            draw_loss(ax_loss, state.losses, loss_label(state.config.prediction, state.config.loss_weighting))
         else:
             ax_loss.text(0.5, 0.5, "the loss appears after the first step", ha="center", transform=ax_loss.transAxes)
             ax_loss.set(xticks=[], yticks=[])

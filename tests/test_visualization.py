@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import numpy as np
 import torch
 from PIL import Image
@@ -122,3 +123,21 @@ def test_plot_unet_draws_every_level_of_the_real_model():
     for size, channels in ((32, 32), (16, 64), (8, 64)):
         assert sum(t.startswith(f"{size}×{size} · {channels} ch") for t in texts) == 2  # down and up
     assert any(t.startswith("middle · 8×8 · 64 ch") for t in texts)
+
+
+@pytest.mark.parametrize("prediction, weighting, label", [
+    ("eps", "none", "MSE(ε, ε̂)"), ("v", "none", "MSE(v, v̂)"),
+    ("eps", "min_snr", "min-SNR-weighted MSE(ε, ε̂)"), ("v", "min_snr", "min-SNR-weighted MSE(v, v̂)")])
+def test_the_loss_axis_says_what_the_run_trains(prediction, weighting, label):
+    from diffusion_utils import loss_label
+    assert loss_label(prediction, weighting) == label
+    assert plot_loss([1.0, 0.5, 0.2], label=label).axes[0].get_ylabel() == label
+
+
+def test_loss_png_is_labelled_by_the_runs_config(tmp_path, monkeypatch, make_config):
+    import diffusion_utils.run_figures as run_figures
+    from diffusion_utils import train
+    seen = []
+    monkeypatch.setattr(run_figures, "plot_loss", lambda losses, path, label: seen.append(label))
+    train(make_config(prediction="v", loss_weighting="min_snr", max_images=16), tmp_path, progress=False)
+    assert seen == ["min-SNR-weighted MSE(v, v̂)"]
