@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--card", default=None,
                     help="a JSON object of model-card facts (command, commit, wall_time, kid, kid_std, fid, "
                          "floor_kid, floor_fid, n_samples, sampler, notes, …); default: what the checkpoint knows")
+    ex.add_argument("--aug-level", type=_non_negative_int, default=None, metavar="S",
+                    help="an upsampler's default condition noise level at sampling (default: its training config's)")
     return parser
 
 
@@ -356,7 +358,7 @@ def run_export(args) -> int:
         command = train_command(config.replace(data=dataset_name(config.data)))  # shared: no path of this machine
         if command:
             card = {"command": command, "command_source": "reconstructed from the checkpoint's config", **card}
-    path = export_pretrained(args.checkpoint, args.out, card)
+    path = export_pretrained(args.checkpoint, args.out, card, cond_aug_level=args.aug_level)
     print(f"Wrote {path} and {path.with_suffix('.md')}.\n"
           f"Next: python -m diffusion_utils sample --pretrained {path}")
     return 0

@@ -58,7 +58,7 @@ PRETRAINED: tuple[str, ...] = available_pretrained()  # what shipped, as found a
 # Export: training checkpoint → NAME.pt + NAME.md
 # ---------------------------------------------------------------------------------------------
 def export_pretrained(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike,
-                      card: dict | None = None) -> Path:
+                      card: dict | None = None, cond_aug_level: int | None = None) -> Path:
     """Write the EMA weights of a training checkpoint as a float16 pretrained file plus its card.
 
     Args:
@@ -69,6 +69,8 @@ def export_pretrained(checkpoint_path: str | os.PathLike, out_path: str | os.Pat
             ``kid_std``, ``fid``, ``floor_kid``, ``floor_fid``, ``n_samples``, ``sampler``,
             ``notes``. What the checkpoint knows (``steps``, ``epochs``, ``images_seen``,
             ``parameters``, ``final_loss``) is filled in where ``card`` does not give it.
+        cond_aug_level: for an upsampler, the condition noise level s it samples at by default
+            (chosen by measuring after training; None keeps the training config's).
 
     Returns:
         ``out_path``. Both files are written atomically (a temporary file, then ``os.replace``).
@@ -92,6 +94,11 @@ def export_pretrained(checkpoint_path: str | os.PathLike, out_path: str | os.Pat
         weights[name] = value.clone().contiguous()  # own storage: no shared views saved
     # Meant to be shared: the data named by dataset or folder name, not by a path of this machine.
     config = state["config"].replace(data=dataset_name(state["config"].data), data_root=None)
+    if cond_aug_level is not None:
+        if config.task != "sr":
+            raise CheckpointError(f"{checkpoint_path} is not an upsampler; cond_aug_level is only for task='sr'")
+        config = config.replace(cond_aug_level=cond_aug_level)
+        model.cond_aug_level = config.cond_aug_level
     card = {**checkpoint_facts(state, model), **card}
     payload = {"format": PRETRAINED_FORMAT, "config": config.to_dict(), "weights": weights, "card": card}
     atomic_write(out_path, lambda file: torch.save(payload, file))

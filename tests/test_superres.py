@@ -296,3 +296,17 @@ def test_cli_trains_an_upsampler_from_any_preset(tmp_path, capsys):
                      "--no-progress"]) == 0
     model, _, config = load_pretrained(export_pretrained(out / CHECKPOINT_NAME, tmp_path / "sr.pt"))
     assert config.task == "sr" and config.crop_size == 8 and model.low_res_size == 8
+
+
+def test_export_sets_the_noise_level_an_upsampler_samples_at(tmp_path, exported_sr, trained_run, capsys):
+    checkpoint = exported_sr.parent / CHECKPOINT_NAME
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "s7.pt"), "--aug-level", "7"]) == 0
+    model, _, config = load_pretrained(tmp_path / "s7.pt")
+    assert model.cond_aug_level == config.cond_aug_level == 7
+    assert "samples at s = 7" in (tmp_path / "s7.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "s.pt"), "--aug-level", "50"]) == 2
+    assert "cond_aug_level" in capsys.readouterr().err  # T is 50 here: levels are 0 … 49
+    assert cli.main(["export", "--checkpoint", str(trained_run.checkpoint_path), "--out", str(tmp_path / "g.pt"),
+                     "--aug-level", "3"]) == 2
+    assert "not an upsampler" in capsys.readouterr().err
