@@ -55,6 +55,8 @@ def main() -> None:
                         help="with --upscale: comma-separated noise levels s of the condition (default: the model's)")
     parser.add_argument("--sr-steps", type=int, default=20, help="with --upscale: DPM-Solver++ steps of the upsampler")
     parser.add_argument("--out", default=None, help="with --upscale: write the table as JSON here")
+    parser.add_argument("--real-through-upsampler", action="store_true",
+                        help="with --upscale: also score real photos shrunk to 32 px and upsampled by the model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,7 +96,8 @@ def load_any(name: str):
 
 
 def cascade(base, schedule, args) -> None:
-    """The 64 px table: the floor, real 32 px → bicubic, base → bicubic, base → upsampler at each s."""
+    """The 64 px table: the floor, real 32 px → bicubic (and → the upsampler), base → bicubic, base →
+    upsampler at each s."""
     sr, sr_schedule, sr_config = load_any(args.upscale)
     size, low = sr_config.img_size, sr_config.low_res_size
     images = load_dataset("flowers102", size, root=args.data_root, progress=False).images
@@ -116,15 +119,22 @@ def cascade(base, schedule, args) -> None:
                   real["ref"]),
             {**score("base samples, bicubic to 64 px", extract_features(bicubic(base_samples), extractor),
                      real["ref"]), "seconds_per_image": base_seconds}]
-    levels = [int(v) for v in args.aug_levels.split(",")] if args.aug_levels else [sr.cond_aug_level]
-    for level in levels:
+    def through_upsampler(uint8: torch.Tensor, level: int) -> tuple[torch.Tensor, float]:
+        """The upsampler's images of ``uint8`` at noise level ``level``, and its seconds per image."""
         t0, out = time.perf_counter(), []
-        for i in range(0, args.n, 250):
-            batch = to_model_range(base_samples[i:i + 250])
-            out.append(to_uint8(upsample(sr, sr_schedule, batch, steps=args.sr_steps, aug_level=level,
-                                         generator=torch.Generator().manual_seed(i), progress=False)))
-        generated = torch.cat(out)
-        sr_seconds = (time.perf_counter() - t0) / args.n
+        for i in range(0, len(uint8), 250):
+            out.append(to_uint8(upsample(sr, sr_schedule, to_model_range(uint8[i:i + 250]), steps=args.sr_steps,
+                                         aug_level=level, generator=torch.Generator().manual_seed(i),
+                                         progress=False)))
+        return torch.cat(out), (time.perf_counter() - t0) / len(uint8)
+
+    levels = [int(v) for v in args.aug_levels.split(",")] if args.aug_levels else [sr.cond_aug_level]
+    if args.real_through_upsampler:  # what the upsampler does with a perfect 32 px image: its own share
+        generated, _ = through_upsampler(real_low, levels[0])
+        rows.insert(2, score(f"real photos shrunk to 32 px, through the upsampler (s = {levels[0]})",
+                             extract_features(generated, extractor), real["ref"]))
+    for level in levels:
+        generated, sr_seconds = through_upsampler(base_samples, level)
         if args.grid and level == levels[0]:
             save_grid(generated[:64], args.grid, nrow=8)
         rows.append({**score(f"cascade, s = {level}", extract_features(generated, extractor), real["ref"]),
