@@ -466,9 +466,10 @@ def bf16_available(device: torch.device) -> bool:
     Colab's free T4 and a V100 only emulate bfloat16, which is slower than float32 there, so
     they train in float32. CPUs and MPS also use float32: on a 2-core Xeon with AVX-512 but no
     native bfloat16 (no avx512_bf16 or amx_bf16 flag), bf16 autocast trained the quick UNet at
-    35.7 images/s against 96.4 in float32 with torch 2.14 (``benchmarks/bench_train_sample.py
-    --variants fp32,bf16``; docs/benchmarks.md). CPUs with native bfloat16 may gain from it; turn
-    it on there only after measuring with that benchmark.
+    34.6 images/s against 100.3 in float32 with torch 2.14: torch emulates bfloat16 there at a fifth
+    of the float32 FLOP/s (``benchmarks/cpu_peak.py``, ``bench_train_sample.py --variants fp32,bf16``;
+    docs/benchmarks.md). CPUs with native bfloat16 may gain from it; turn it on there only after
+    measuring with that benchmark.
     """
     if torch.device(device).type != "cuda":
         return False
