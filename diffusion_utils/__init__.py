@@ -19,7 +19,7 @@ One module per idea, each readable top to bottom (docs/package.md lists them in 
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
 - :mod:`~diffusion_utils.cards` — the model card beside each pretrained file
 - :mod:`~diffusion_utils.fallback` — :func:`load_trained_or_pretrained`: the model a notebook shows
-- :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`: DDPM, DDIM, DPM-Solver++
+- :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`, :func:`sample_trajectory`: DDPM, DDIM, DPM-Solver++
 - :mod:`~diffusion_utils.superres` — :func:`upsample`, :func:`sample_cascade`: 32 px → 64 px with a second diffusion model
 - :mod:`~diffusion_utils.guidance` — classifier-free guidance: :class:`GuidedModel`, class names and ids
 - :mod:`~diffusion_utils.interpolation` — :func:`slerp`, :func:`interpolate`: walking between two samples
@@ -49,9 +49,9 @@ from .interpolation import interpolate, slerp
 from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, pretrained_card
 from .fallback import load_trained_or_pretrained
-from .sampling import Trajectory, p_sample, sample, timesteps_for, to_uint8
+from .sampling import Trajectory, p_sample, sample, sample_trajectory, timesteps_for, to_uint8
 from .schedule import NoiseSchedule
-from .superres import ConditionedModel, noised_condition, sample_cascade, upsample
+from .superres import ConditionedModel, noised_condition, sample_cascade, upsample, upsample_trajectory
 from .training import TrainState, ema_decay_at, make_ema, train_step
 from .run import RunHooks, TrainingInterrupted, TrainingRun, TrainResult, run_training
 from .run_figures import RunFigures, train
@@ -68,9 +68,9 @@ __all__ = [
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
-    "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample",
+    "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample", "sample_trajectory",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
-    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "sample_cascade", "ConditionedModel", "noised_condition",
+    "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "upsample_trajectory", "sample_cascade", "ConditionedModel", "noised_condition",
     "RunHooks", "RunFigures", "TrainingRun", "run_training",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     "check_exercise",

@@ -33,11 +33,11 @@ from .config import MAX_SEED, PRESET_ENV, PRESETS, SAMPLERS, TrainConfig, is_dev
 from .data import dataset_name, load_dataset
 from .errors import DiffusionError, short_reason
 from .files import check_output_folder, lock_run_folder
-from .guidance import check_guidance_scale, class_ids
+from .guidance import class_ids
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained
-from .sampling import sample
-from .superres import upsample
-from .pixels import draw_in_batches, to_model_range
+from .pixels import draw_in_batches, to_model_range, to_uint8
+from .sampling import check_sampling_options, sample, sample_trajectory
+from .superres import upsample, upsample_trajectory
 from .run import TrainingInterrupted, TrainingRun
 from .run_figures import TRAIN_OUTPUTS, RunFigures, train  # noqa: F401  (train: as Python callers reach it here)
 from .visualization import save_animation, save_grid, save_large_sample, save_stages_animation
@@ -54,6 +54,8 @@ class _Parser(argparse.ArgumentParser):
 SAMPLE_OUTPUTS = ("samples_grid.png", "diffusion_animation.gif", "generated_pixel_diffusion.png")
 MAX_SAMPLES = 10_000  # one grid image of them all; generated SAMPLE_BATCH at a time
 SAMPLE_BATCH = 64
+# The sample command's flags, as its one-line refusals name them (the library names its arguments).
+SAMPLE_FLAGS = {"n": "--n", "steps": "--steps", "eta": "--eta", "classes": "--class", "guidance_scale": "--guidance"}
 
 
 def _int_at_least(minimum: int, what: str, maximum: int | None = None):
@@ -261,21 +263,17 @@ def run_sample(args) -> int:
     plan = config.replace(sampler=args.sampler or config.sampler,
                           sample_steps=args.steps if args.steps is not None else config.sample_steps if same else None)
     sampler, steps = plan.sampler, plan.steps_for_sampling
-    if not 0.0 <= args.eta <= 1.0:
-        raise DiffusionError(f"--eta must be between 0 and 1; got {args.eta}")
-    sr = _load_upsampler(args.upscale, model, device) if args.upscale else None
     classes = _cycle_classes(args.classes, args.n, model)
-    if args.guidance is not None and classes is None:
-        raise DiffusionError("--guidance needs --class: say which class to guide towards")
-    if args.guidance is not None:
-        check_guidance_scale(args.guidance)
+    check_sampling_options(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta, classes=classes,
+                           guidance_scale=args.guidance, names=SAMPLE_FLAGS)
+    sr = _load_upsampler(args.upscale, model, device) if args.upscale else None
     what = f", class {', '.join(args.classes)}, guidance {args.guidance or 1.0:g}" if classes is not None else ""
     print(f"Sampling {args.n} images with {sampler} ({steps} steps{what}) on {device} …", file=sys.stderr)
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
     images, trajectory = _sample_in_batches(model, schedule, args.n, sampler=sampler, steps=steps, eta=args.eta,
                                             generator=generator, bf16=config.bf16,
-                                            trajectory_frames=args.frames, progress=not args.no_progress,
+                                            frames=args.frames, progress=not args.no_progress,
                                             classes=classes, guidance_scale=args.guidance)
     title = f"{config.img_size}×{config.img_size}, {sampler}, {steps} steps, seed {args.seed}"
     stages = [(f"{config.img_size} px", trajectory)]
@@ -285,7 +283,7 @@ def run_sample(args) -> int:
               f"{sr_config.steps_for_sampling} steps, condition noise s = {sr_model.cond_aug_level}) …", file=sys.stderr)
         images, sr_trajectory = _upsample_in_batches(sr_model, sr_schedule, images, sampler=sr_config.sampler,
                                                      steps=sr_config.steps_for_sampling, generator=generator,
-                                                     trajectory_frames=args.frames, progress=not args.no_progress)
+                                                     frames=args.frames, progress=not args.no_progress)
         stages.append((f"{sr_config.img_size} px", sr_trajectory))
         title = f"{sr_config.img_size}×{sr_config.img_size}, {config.img_size} px {sampler} {steps} steps → {args.upscale}, seed {args.seed}"
     seconds = time.perf_counter() - start
@@ -319,35 +317,37 @@ def _load_upsampler(name: str, base, device):
     return sr_model, sr_schedule, sr_config
 
 
-def _upsample_in_batches(model, schedule, low_res: torch.Tensor, *, trajectory_frames: int, **kwargs):
+def _upsample_in_batches(model, schedule, low_res: torch.Tensor, *, frames: int, **kwargs):
     """:func:`upsample` the uint8 images ``low_res`` in batches: uint8 images, and the trajectory
     of the first batch."""
-    def draw(start: int, size: int, **more):
-        return upsample(model, schedule, to_model_range(low_res[start:start + size]), **kwargs, **more)
-    return _in_batches(draw, len(low_res), trajectory_frames)
+    def batch(start: int, size: int) -> torch.Tensor:
+        return to_model_range(low_res[start:start + size])
+
+    return _in_batches(lambda size: upsample_trajectory(model, schedule, batch(0, size), frames=frames, **kwargs),
+                       lambda start, size: upsample(model, schedule, batch(start, size), **kwargs), len(low_res))
 
 
-def _sample_in_batches(model, schedule, n: int, *, trajectory_frames: int, classes=None, **kwargs):
+def _sample_in_batches(model, schedule, n: int, *, frames: int, classes=None, **kwargs):
     """``n`` samples as uint8 (see :func:`_in_batches`). ``classes``: None or n class ids, one per image."""
-    def draw(start: int, size: int, **more):
-        chosen = None if classes is None else classes[start:start + size]
-        return sample(model, schedule, size, classes=chosen, **kwargs, **more)
-    return _in_batches(draw, n, trajectory_frames)
+    def chosen(start: int, size: int):
+        return None if classes is None else classes[start:start + size]
+
+    return _in_batches(lambda size: sample_trajectory(model, schedule, size, classes=chosen(0, size), frames=frames,
+                                                      **kwargs),
+                       lambda start, size: sample(model, schedule, size, classes=chosen(start, size), **kwargs), n)
 
 
-def _in_batches(draw, n: int, trajectory_frames: int):
-    """``n`` images as uint8 on the CPU, ``draw(start, size, …)`` :data:`SAMPLE_BATCH` at a time
-    from one generator (so memory stays flat for any ``n``, and ``n <= SAMPLE_BATCH`` gives the
-    images of a single call), with the trajectory of the first batch (the GIF shows at most 16)."""
-    first = {}
-
-    def images(start: int, size: int) -> torch.Tensor:
-        if start:
-            return draw(start, size)
-        batch, first["trajectory"] = draw(start, size, return_trajectory=True, trajectory_frames=trajectory_frames)
-        return batch
-
-    return draw_in_batches(images, n, SAMPLE_BATCH), first["trajectory"]
+def _in_batches(draw_trajectory, draw, n: int):
+    """``n`` images as uint8 on the CPU, :data:`SAMPLE_BATCH` at a time from one generator (so
+    memory stays flat for any ``n``, and ``n <= SAMPLE_BATCH`` gives the images of a single call),
+    and the trajectory of the first batch (the GIF shows at most 16): ``draw_trajectory(size)``
+    draws the first batch with its trajectory, ``draw(start, size)`` every later one."""
+    trajectory = draw_trajectory(min(n, SAMPLE_BATCH))
+    images = [to_uint8(trajectory.images)]
+    if n > SAMPLE_BATCH:
+        images.append(draw_in_batches(lambda start, size: draw(SAMPLE_BATCH + start, size), n - SAMPLE_BATCH,
+                                      SAMPLE_BATCH))
+    return torch.cat(images), trajectory
 
 
 def run_export(args) -> int:

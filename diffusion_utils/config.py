@@ -137,35 +137,54 @@ class TrainConfig:
         wrong type (a bool for a count, a string for a number), not finite, or outside its range."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, _of_type(f.name, getattr(self, f.name), f.type))
-
-        def need(ok: bool, name: str, allowed: str) -> None:
-            if not ok:
-                raise ConfigError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
-
         for name, most in MAX_SIZES.items():
-            need(1 <= getattr(self, name) <= most, name, f"an integer in [1, {most}]")
-        need(self.max_images is None or self.max_images > 0, "max_images", "a positive integer or None")
-        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
-        need(self.lr_decay in LR_DECAYS, "lr_decay", f"one of {LR_DECAYS}")
-        need(0 < self.beta_start < 1, "beta_start", "in (0, 1)")
-        need(0 < self.beta_end < 1, "beta_end", "in (0, 1)")
+            self._need(1 <= getattr(self, name) <= most, name, f"an integer in [1, {most}]")
+        self._need(self.max_images is None or self.max_images > 0, "max_images", "a positive integer or None")
+        self._check_schedule()
+        self._check_network()
+        self._check_optimiser()
+        self._check_task()
+        self._check_loss_and_labels()
+        self._need(0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
+        self._need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        self._need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
+        if self.sample_steps is not None:
+            check_sampler_steps(self.sampler, self.sample_steps, self.n_steps, "sample_steps")
+
+    def _need(self, ok: bool, name: str, allowed: str) -> None:
+        """A one-line :class:`ConfigError` naming field ``name`` and what it ``allowed``, unless ``ok``."""
+        if not ok:
+            raise ConfigError(f"{name} must be {allowed}; got {getattr(self, name)!r}")
+
+    def _check_schedule(self) -> None:
+        self._need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        self._need(0 < self.beta_start < 1, "beta_start", "in (0, 1)")
+        self._need(0 < self.beta_end < 1, "beta_end", "in (0, 1)")
         if self.beta_end <= self.beta_start:
             raise ConfigError(f"beta_end must be greater than beta_start; got beta_start="
                               f"{self.beta_start}, beta_end={self.beta_end}")
-        need(len(self.channel_mults) >= 1 and all(m > 0 for m in self.channel_mults),
-             "channel_mults", "a non-empty tuple of positive integers")
-        need(all(0 <= level < len(self.channel_mults) for level in self.attention_levels),
-             "attention_levels", f"level indices in [0, {len(self.channel_mults) - 1}]")
+
+    def _check_network(self) -> None:
+        self._need(len(self.channel_mults) >= 1 and all(m > 0 for m in self.channel_mults),
+                   "channel_mults", "a non-empty tuple of positive integers")
+        self._need(all(0 <= level < len(self.channel_mults) for level in self.attention_levels),
+                   "attention_levels", f"level indices in [0, {len(self.channel_mults) - 1}]")
         check_halvable(self.img_size, len(self.channel_mults))
-        halvings = len(self.channel_mults) - 1
-        need(self.time_emb_dim % 2 == 0, "time_emb_dim", "an even positive integer")
-        need(0 <= self.dropout < 1, "dropout", "in [0, 1)")
-        need(self.lr > 0, "lr", "a positive number")
-        need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "an integer >= 0")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
-        need(self.grad_clip > 0, "grad_clip", "a positive number")
-        need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
-        need(self.ema_gamma > 0, "ema_gamma", "a positive number")
+        self._need(self.time_emb_dim % 2 == 0, "time_emb_dim", "an even positive integer")
+        self._need(0 <= self.dropout < 1, "dropout", "in [0, 1)")
+
+    def _check_optimiser(self) -> None:
+        self._need(self.lr_decay in LR_DECAYS, "lr_decay", f"one of {LR_DECAYS}")
+        self._need(self.lr > 0, "lr", "a positive number")
+        self._need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "an integer >= 0")
+        self._need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        self._need(self.grad_clip > 0, "grad_clip", "a positive number")
+        self._need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
+        self._need(self.ema_gamma > 0, "ema_gamma", "a positive number")
+
+    def _check_task(self) -> None:
+        """The task, and an upsampler's own fields (its condition's noise levels, its crops)."""
+        need, halvings = self._need, len(self.channel_mults) - 1
         need(self.task in TASKS, "task", f"one of {TASKS}")
         if self.task == "sr" and self.num_classes is None:
             self.num_classes = 0  # an upsampler is never class-conditional: the base model draws the class
@@ -183,6 +202,9 @@ class TrainConfig:
             need(self.task == "sr", "crop_size", "None unless task='sr' (only an upsampler trains on crops)")
             need(self.crop_size % (2 ** halvings) == 0 and 0 < self.crop_size <= self.img_size, "crop_size",
                  f"None or a multiple of {2 ** halvings} in [{2 ** halvings}, img_size={self.img_size}]")
+
+    def _check_loss_and_labels(self) -> None:
+        need = self._need
         need(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
         need(self.loss_weighting in LOSS_WEIGHTINGS, "loss_weighting", f"one of {LOSS_WEIGHTINGS}")
         need(self.snr_gamma > 0, "snr_gamma", "a positive number")
@@ -191,14 +213,6 @@ class TrainConfig:
         need(0 <= self.p_uncond < 1, "p_uncond", "in [0, 1)")
         need(not self.class_names or len(self.class_names) == self.num_classes, "class_names",
              f"empty or one name per class (num_classes={self.num_classes})")
-        need(0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
-        need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
-        need(self.sample_steps is None or 0 < self.sample_steps <= self.n_steps,
-             "sample_steps", f"None or an integer in [1, n_steps={self.n_steps}]")
-        if self.sampler == "ddpm" and self.sample_steps not in (None, self.n_steps):
-            raise ConfigError(f"sample_steps must be n_steps={self.n_steps} (or None) for the "
-                              f"ddpm sampler; use sampler='ddim' or 'dpmpp' for fewer steps")
 
     # ------------------------------------------------------------------------------------
     @property
@@ -355,6 +369,22 @@ def check_halvable(img_size: int, levels: int) -> None:
 def default_steps(sampler: str, n_steps: int) -> int:
     """Network calls per image when none are given: all T for DDPM, 50 for DDIM/DPM-Solver++."""
     return n_steps if sampler == "ddpm" else min(50, n_steps)
+
+
+def check_sampler_steps(sampler: str, steps: int | None, n_steps: int, name: str = "steps") -> int:
+    """The network calls ``sampler`` makes over ``n_steps`` timesteps: ``steps``, or its default
+    (:func:`default_steps`) when None. A one-line :class:`ConfigError` naming ``name`` for an
+    unknown sampler, a count outside [1, n_steps], or DDPM with fewer than all n_steps (the
+    ancestral sampler cannot skip a step; DDIM and DPM-Solver++ can)."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    if steps is None:
+        return default_steps(sampler, n_steps)
+    steps = as_int(name, steps, 1, n_steps)
+    if sampler == "ddpm" and steps != n_steps:
+        raise ConfigError(f"{name} must be {n_steps} for the ddpm sampler, which takes every step; got {steps} "
+                          f"(use sampler ddim or dpmpp for fewer)")
+    return steps
 
 
 PRESETS: dict[str, dict] = {

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import SAMPLERS, as_int, bf16_available, default_steps
+from .config import as_int, bf16_available, check_sampler_steps
 from .errors import ConfigError
-from .guidance import GuidedModel, class_ids
+from .guidance import GuidedModel, check_guidance_scale, class_ids
 from .pixels import to_uint8
 from .schedule import NoiseSchedule, at_timesteps
 
-SPACINGS = ("trailing", "leading", "linspace")
+SPACINGS = ("trailing", "leading", "linspace", "logsnr")
 
 
 @dataclass
@@ -46,21 +46,29 @@ class Trajectory:
         frames: uint8 tensor (F, N, C, H, W) — the noisy images xₜ, on the CPU.
         x0_frames: uint8 tensor (F, N, C, H, W) — the network's guess x̂₀ of the clean image at
             each frame (for the last frame, the sample itself).
+        images: the final samples (N, C, H, W) in [-1, 1], as :func:`sample` returns them.
+
+    :func:`sample_trajectory` makes one.
     """
 
     timesteps: list[int]
     frames: torch.Tensor
     x0_frames: torch.Tensor
+    images: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.timesteps)
 
 
-def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[int]:
+def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing",
+                  alpha_bars: torch.Tensor | None = None) -> list[int]:
     """The code timesteps (in [0, T-1], descending) that a ``steps``-call sampler visits.
 
     ``trailing`` (default) starts at T−1; ``leading`` is DDIM's original 0, T/steps, …;
-    ``linspace`` spreads from T−1 to 0 inclusive. ``steps == n_steps`` gives every timestep.
+    ``linspace`` spreads from T−1 to 0 inclusive; ``logsnr`` (needs the schedule's first
+    ``n_steps`` ``alpha_bars``) spaces them evenly in log-SNR λ = log(αₜ/σₜ) from T−1 to 0, the
+    spacing DPM-Solver recommends for low-resolution pixel models (Lu et al. 2022, §3.3; diffusers'
+    ``use_lu_lambdas``). ``steps == n_steps`` gives every timestep.
     """
     if not 1 <= steps <= n_steps:
         raise ConfigError(f"steps must be in [1, {n_steps}]; got {steps}")
@@ -71,9 +79,28 @@ def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[i
         ts = (np.arange(0, steps) * (n_steps // steps))[::-1]
     elif spacing == "linspace":
         ts = np.round(np.linspace(n_steps - 1, 0, steps)).astype(int)
+    elif spacing == "logsnr":
+        ts = _logsnr_timesteps(alpha_bars, n_steps, steps)
     else:
         raise ConfigError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
     return [int(t) for t in ts]
+
+
+def _logsnr_timesteps(alpha_bars: torch.Tensor | None, n_steps: int, steps: int) -> np.ndarray:
+    """``steps`` timesteps evenly spaced in λ from λ(T−1) to λ(0), each the t whose λ it is
+    (interpolated between the integer timesteps, then rounded), and never one twice (diffusers'
+    ``use_lu_lambdas`` gives the same list but may repeat a t near 0)."""
+    if alpha_bars is None or len(alpha_bars) < n_steps:
+        raise ConfigError("spacing='logsnr' needs the schedule's alpha_bars")
+    a = alpha_bars[:n_steps].double().numpy()
+    lam = 0.5 * np.log(a / (1 - a))  # λₜ = log(αₜ/σₜ), falling as t grows
+    targets = np.linspace(lam[-1], lam[0], steps)  # from the noisiest step to the cleanest
+    ts = np.round(np.interp(targets, lam[::-1], np.arange(n_steps)[::-1])).astype(int)
+    for i in range(steps - 2, -1, -1):  # rounding can repeat a t near 0 (a step of length 0): move it up
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    if ts[0] > n_steps - 1:
+        raise ConfigError(f"{steps} log-SNR steps do not fit in {n_steps} timesteps; use fewer steps")
+    return ts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,43 +158,75 @@ def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=False):
 # ---------------------------------------------------------------------------------------------
 # The sampling loop
 # ---------------------------------------------------------------------------------------------
+def check_sampling_options(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *,
+                           sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+                           classes=None, guidance_scale: float | None = None, t_start: int | None = None,
+                           names: dict[str, str] | None = None) -> tuple[int, int, int, torch.Tensor | None]:
+    """Check :func:`sample`'s options before any work; returns ``(n, steps, t_start, class_ids)``
+    with the defaults filled in (``class_ids`` (n,) or None), or raises a one-line
+    :class:`ConfigError`. ``names`` renames the options in the messages (the CLI passes its flags,
+    e.g. ``{"eta": "--eta"}``), as :func:`~diffusion_utils.config.as_int` takes a name."""
+    name = {key: key for key in ("n", "steps", "eta", "classes", "guidance_scale", "t_start")} | (names or {})
+    n = as_int(name["n"], n, 1)
+    T = schedule.n_steps
+    if t_start is None:
+        t_start = T - 1
+    elif not isinstance(t_start, int) or not 0 <= t_start < T:
+        raise ConfigError(f"{name['t_start']} must be an integer code timestep in [0, {T - 1}]; got {t_start!r}")
+    steps = check_sampler_steps(sampler, steps, t_start + 1, name["steps"])  # ddpm: every one of t_start + 1
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"{name['eta']} must be in [0, 1]; got {eta}")
+    if guidance_scale is not None and classes is None:
+        raise ConfigError(f"{name['guidance_scale']} needs {name['classes']}: say which class to guide towards")
+    if guidance_scale is not None:
+        check_guidance_scale(guidance_scale)
+    return n, steps, t_start, None if classes is None else class_ids(classes, model, n)
+
+
 @torch.no_grad()
 def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size: int | None = None,
-           sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
-           spacing: str = "trailing", clip_x0: bool = True,
+           # the sampler and its knobs
+           sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str = "trailing",
+           clip_x0: bool = True,
+           # randomness
            generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-           device=None, bf16: bool = True, return_trajectory: bool = False,
-           trajectory_frames: int | None = None, progress: bool = True,
-           classes=None, guidance_scale: float | None = None, t_start: int | None = None,
-           after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None):
-    """Generate ``n`` images with the chosen sampler. Returns images in [-1, 1], (n, C, H, W).
+           # classifier-free guidance
+           classes=None, guidance_scale: float | None = None,
+           # editing: start part-way down, change the state after each step
+           t_start: int | None = None, after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+           # where and how it runs
+           device=None, bf16: bool = True, progress: bool = True,
+           _recorder: "_TrajectoryRecorder | None" = None) -> torch.Tensor:
+    """Generate ``n`` images with the chosen sampler. Returns images (n, C, H, W) in [-1, 1].
+
+    For the intermediate states as well (an animation, the denoising slider), call
+    :func:`sample_trajectory` with the same options.
 
     Args:
         model: the trained ε_θ (put in eval mode here); its device is used unless ``device``.
         schedule: the schedule it was trained with.
         n: number of images.
         img_size: H = W of the images (default: ``model.img_size``).
+
         sampler: ``"ddpm"`` (T ancestral steps), ``"ddim"`` or ``"dpmpp"``.
         steps: network calls per image (default: T for ddpm, 50 for the others). For ``ddpm`` it
             must be T (t_start + 1 with ``t_start``); the ancestral sampler cannot skip steps.
         eta: DDIM only: 0 = deterministic, 1 = DDPM-like noise.
         spacing: which timesteps a fast sampler visits (see the module docstring).
         clip_x0: clamp the predicted x̂₀ to [-1, 1] at every step.
+
         generator: a CPU ``torch.Generator``; all randomness (the starting noise and every
             step's noise) is drawn from it on the CPU, so a seed gives the same images on any
             device.
         x_T: a starting noise batch (n, C, H, W) instead of drawing one.
-        bf16: run the network in bfloat16 autocast on GPUs with native support (the update
-            arithmetic stays float32).
-        return_trajectory: also return a :class:`Trajectory` of intermediate frames.
-        trajectory_frames: keep only this many evenly spaced frames (default: every step).
-        progress: show a tqdm progress bar.
+
         classes: for a class-conditional model, one class (a name from ``model.class_names`` or
             an id) for all images, or one per image. None: unconditional samples (the "no class"
             token).
         guidance_scale: classifier-free guidance w (see :mod:`~diffusion_utils.guidance`):
             ε̂ = ε_∅ + w (ε_c − ε_∅); 0 is unconditional, 1 (the default) plain conditional, > 1
             more typical and less diverse. Needs ``classes``.
+
         t_start: start part-way down instead of at pure noise: ``x_T`` is then an image noised
             to this code timestep (in [0, T−1]; default T−1, pure noise), and the ``steps``
             timesteps are spread over [0, t_start] with the same spacing rule. ``ddpm`` takes all
@@ -176,31 +235,17 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
             code timestep t (−1 for the final image) and returns the state to continue from.
             Inpainting uses it to put the known pixels back; None changes nothing.
 
-    Returns:
-        ``images`` or, with ``return_trajectory``, ``(images, trajectory)``.
+        device: where to run (default: the model's device).
+        bf16: run the network in bfloat16 autocast on GPUs with native support (the update
+            arithmetic stays float32).
+        progress: show a tqdm progress bar.
     """
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
-    n = as_int("n", n, 1)
-    T = schedule.n_steps
-    if t_start is None:
-        t_start = T - 1
-    elif not isinstance(t_start, int) or not 0 <= t_start < T:
-        raise ConfigError(f"t_start must be an integer code timestep in [0, {T - 1}]; got {t_start!r}")
-    if steps is None:
-        steps = t_start + 1 if sampler == "ddpm" else min(default_steps(sampler, T), t_start + 1)
-    if sampler == "ddpm" and steps != t_start + 1:
-        raise ConfigError(f"the ddpm sampler takes all {t_start + 1} steps; got steps={steps} "
-                          f"(use sampler='ddim' or 'dpmpp' for fewer)")
-    if not 0.0 <= eta <= 1.0:
-        raise ConfigError(f"eta must be in [0, 1]; got {eta}")
+    n, steps, t_start, ids = check_sampling_options(model, schedule, n, sampler=sampler, steps=steps, eta=eta,
+                                                    classes=classes, guidance_scale=guidance_scale, t_start=t_start)
     # Spread the steps over the t_start + 1 timesteps [0, t_start] (all T of them by default).
-    ts = timesteps_for(t_start + 1, steps, spacing if sampler != "ddpm" else "trailing")
-    if classes is not None:
-        model = GuidedModel(model, class_ids(classes, model, n), 1.0 if guidance_scale is None else guidance_scale)
-    elif guidance_scale is not None:
-        raise ConfigError("guidance_scale needs classes: say which class to guide towards")
-
+    ts = timesteps_for(t_start + 1, steps, spacing if sampler != "ddpm" else "trailing", schedule.alpha_bars)
+    if ids is not None:
+        model = GuidedModel(model, ids, 1.0 if guidance_scale is None else guidance_scale)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     bf16 = bf16 and bf16_available(device)
     img_size = img_size or model.img_size
@@ -209,22 +254,21 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
         x_T = torch.randn(shape, generator=generator)
     elif tuple(x_T.shape) != shape:
         raise ConfigError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
-    x = x_T.to(device=device, dtype=torch.float32)
 
     def draw_noise() -> torch.Tensor:
         return torch.randn(shape, generator=generator).to(device)
 
     was_training = model.training
     model.eval()
-    recorder = _TrajectoryRecorder(len(ts) + 1, trajectory_frames) if return_trajectory else None
-    x0_prev = None  # DPM-Solver++'s previous data prediction
     try:
+        x = x_T.to(device=device, dtype=torch.float32)
+        x0_prev = None  # DPM-Solver++'s previous data prediction
         for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
             t_next = ts[i + 1] if i + 1 < len(ts) else -1  # -1 is the clean image (ᾱ = 1)
-            t_batch = torch.full((n,), t, device=device, dtype=torch.long)
             if sampler == "ddpm":
                 noise = draw_noise() if t > 0 else torch.zeros_like(x)  # β̃ at t = 0 is 0 anyway
-                x_new, x0_hat = _ddpm_step(model, schedule, x, t_batch, noise, clip_x0, bf16)
+                x_new, x0_hat = _ddpm_step(model, schedule, x, torch.full((n,), t, device=device), noise,
+                                           clip_x0, bf16)
             elif sampler == "ddim":
                 x_new, x0_hat = _ddim_step(model, schedule, x, t, t_next, eta, clip_x0, bf16, draw_noise)
             else:
@@ -233,16 +277,25 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
                 x0_prev = x0_hat
             if after_step is not None:
                 x_new = after_step(x_new, t_next)
-            if recorder is not None:
-                recorder.add(t + 1, x, x0_hat)
+            if _recorder is not None:
+                _recorder.add(t + 1, x, x0_hat)
             x = x_new
     finally:
         model.train(was_training)
-    images = x.clamp(-1, 1)
-    if recorder is None:
-        return images
+    return x.clamp(-1, 1)
+
+
+def sample_trajectory(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, frames: int | None = None,
+                      **options) -> "Trajectory":
+    """Sample like :func:`sample` (the same ``options``) and keep the way there: a
+    :class:`Trajectory` of ``frames`` evenly spaced states (default: every step), always the
+    first (pure noise) and the last, whose ``images`` are what :func:`sample` returns."""
+    n_calls = check_sampling_options(model, schedule, n, **{k: options[k] for k in (
+        "sampler", "steps", "t_start") if k in options})[1]
+    recorder = _TrajectoryRecorder(n_calls + 1, frames)
+    images = sample(model, schedule, n, _recorder=recorder, **options)
     recorder.add(0, images, images)
-    return images, recorder.result()
+    return recorder.result(images)
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
@@ -317,5 +370,5 @@ class _TrajectoryRecorder:
             self.x0_frames.append(to_uint8(x0))
         self.index += 1
 
-    def result(self) -> Trajectory:
-        return Trajectory(self.timesteps, torch.stack(self.frames), torch.stack(self.x0_frames))
+    def result(self, images: torch.Tensor) -> Trajectory:
+        return Trajectory(self.timesteps, torch.stack(self.frames), torch.stack(self.x0_frames), images)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .sampling import sample
+from .sampling import Trajectory, sample, sample_trajectory
 from .schedule import NoiseSchedule
 
 UPSAMPLE_MODES = ("bicubic", "bilinear")
@@ -117,16 +117,37 @@ def check_low_res(model: torch.nn.Module, low_res) -> torch.Tensor:
 @torch.no_grad()
 def upsample(sr_model: torch.nn.Module, schedule: NoiseSchedule, low_res: torch.Tensor, *,
              sampler: str = "dpmpp", steps: int | None = None, aug_level: int | None = None,
-             generator: torch.Generator | None = None, **sample_options):
-    """Draw ``sr_model.img_size`` px images given ``low_res`` (B, 3, h, w) in [-1, 1].
+             generator: torch.Generator | None = None, **sample_options) -> torch.Tensor:
+    """Draw ``sr_model.img_size`` px images (B, 3, H, W) in [-1, 1] given ``low_res`` (B, 3, h, w)
+    in [-1, 1].
 
     The condition z is ``low_res`` interpolated to full size (``sr_model.upsample_mode``), noised
     to level ``aug_level`` (default: the model's ``cond_aug_level``, the level its card says it
     samples best at) with noise from ``generator``; then ``sampler`` runs as for any model.
-    ``steps``: network calls (default 20; every step for ``"ddpm"``). ``sample_options`` pass on to :func:`~diffusion_utils.sample` (``eta``, ``x_T``,
-    ``return_trajectory``, ``progress``, …). Returns (B, 3, H, W) in [-1, 1] (and a trajectory
-    if asked).
+    ``steps``: network calls (default 20; every step for ``"ddpm"``). ``sample_options`` pass on
+    to :func:`~diffusion_utils.sample` (``eta``, ``x_T``, ``progress``, …). For the denoising
+    steps as well, :func:`upsample_trajectory` takes the same arguments.
     """
+    model, n, steps = _conditioned(sr_model, schedule, low_res, sampler, steps, aug_level, generator)
+    return sample(model, schedule, n, img_size=sr_model.img_size, sampler=sampler, steps=steps,
+                  generator=generator, **sample_options)
+
+
+@torch.no_grad()
+def upsample_trajectory(sr_model: torch.nn.Module, schedule: NoiseSchedule, low_res: torch.Tensor, *,
+                        sampler: str = "dpmpp", steps: int | None = None, aug_level: int | None = None,
+                        generator: torch.Generator | None = None, frames: int | None = None,
+                        **sample_options) -> Trajectory:
+    """:func:`upsample`, keeping ``frames`` states of the way (a :class:`~diffusion_utils.Trajectory`
+    whose ``images`` are the upsampled images), for the denoising slider and the animation."""
+    model, n, steps = _conditioned(sr_model, schedule, low_res, sampler, steps, aug_level, generator)
+    return sample_trajectory(model, schedule, n, img_size=sr_model.img_size, sampler=sampler, steps=steps,
+                             generator=generator, frames=frames, **sample_options)
+
+
+def _conditioned(sr_model, schedule, low_res, sampler, steps, aug_level, generator):
+    """The upsampler bound to its noised condition z_s (a :class:`ConditionedModel`), the batch
+    size and the step count (20 unless given; every step for ddpm)."""
     low_res = check_low_res(sr_model, low_res)
     level = sr_model.cond_aug_level if aug_level is None else aug_level
     if not isinstance(level, int) or not 0 <= level < schedule.n_steps:
@@ -136,11 +157,9 @@ def upsample(sr_model: torch.nn.Module, schedule: NoiseSchedule, low_res: torch.
     z = upsample_condition(low_res.to(device), sr_model.img_size, sr_model.upsample_mode)
     s = torch.full((n,), level, dtype=torch.long, device=device)
     noise = torch.randn(z.shape, generator=generator).to(device)  # ε′, drawn on the CPU like sample()'s noise
-    model = ConditionedModel(sr_model, noised_condition(schedule, z, s, noise), s)
     if steps is None and sampler != "ddpm":
         steps = 20  # an upsampler's task is easy: 20 DPM-Solver++ calls suffice (its card measures it)
-    return sample(model, schedule, n, img_size=sr_model.img_size, sampler=sampler, steps=steps,
-                  generator=generator, **sample_options)
+    return ConditionedModel(sr_model, noised_condition(schedule, z, s, noise), s), n, steps
 
 
 @torch.no_grad()

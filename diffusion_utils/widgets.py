@@ -45,7 +45,7 @@ class DenoisingSlider(widgets.VBox):
     encoded frames, one per trajectory frame). Set ``slider.value`` to move programmatically.
 
     Args:
-        trajectory: from ``sample(..., return_trajectory=True)``.
+        trajectory: from :func:`~diffusion_utils.sample_trajectory`.
         max_images: how many images of the batch to show.
         nrow: images per row of the grid.
         scale: upscale factor for display (the images are only 32–64 px).

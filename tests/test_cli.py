@@ -347,7 +347,8 @@ def test_absurd_sample_sizes_exit_2_naming_the_range(argv, sample_out, capsys):
 
 
 def test_unwritable_sample_out_exits_2_before_sampling(checkpoint_copy, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "sample", lambda *a, **k: pytest.fail("sampled before the check"))
+    for name in ("sample", "sample_trajectory"):
+        monkeypatch.setattr(cli, name, lambda *a, **k: pytest.fail("sampled before the check"))
     (tmp_path / "file").write_text("x")
     assert run_main(["sample", "--checkpoint", checkpoint_copy, "--out", tmp_path / "file" / "x"]) == 2
     assert_one_error_line(capsys.readouterr().err)
@@ -401,6 +402,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_what_there_is_to_resume(case, c
 
     monkeypatch.setattr(cli, "load_dataset", ctrl_c)
     monkeypatch.setattr(cli, "sample", ctrl_c)
+    monkeypatch.setattr(cli, "sample_trajectory", ctrl_c)  # the first batch keeps its trajectory for the GIF
     argv = {"fresh": ["train", *TINY_TRAIN, "--out", tmp_path / "new"],
             "resume": ["train", "--resume", "--out", checkpoint_copy.parent, "--epochs", "3"],
             "sample": ["sample", "--checkpoint", checkpoint_copy, "--out", tmp_path / "s"]}[case]
@@ -421,6 +423,7 @@ def test_out_of_memory_is_one_line(checkpoint_copy, tmp_path, monkeypatch, capsy
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
 
     monkeypatch.setattr(cli, "sample", oom)
+    monkeypatch.setattr(cli, "sample_trajectory", oom)  # the first batch keeps its trajectory for the GIF
     assert run_main(["sample", "--checkpoint", checkpoint_copy, "--out", tmp_path / "s"]) == 2
     announced, error = capsys.readouterr().err.strip().splitlines()  # "Sampling 64 images …", then one line
     assert announced.startswith("Sampling") and error.startswith("error: out of memory") and "--n" in error
@@ -429,13 +432,15 @@ def test_out_of_memory_is_one_line(checkpoint_copy, tmp_path, monkeypatch, capsy
 def test_sample_generates_in_batches(checkpoint_copy, tmp_path, monkeypatch):
     """--n above the batch size is drawn a batch at a time, so memory stays flat for any --n."""
     sizes = []
-    real = cli.sample
 
-    def counting(model, schedule, n, **kwargs):
-        sizes.append(n)
-        return real(model, schedule, n, **kwargs)
+    def counting(real):
+        def draw(model, schedule, n, **kwargs):
+            sizes.append(n)
+            return real(model, schedule, n, **kwargs)
+        return draw
 
-    monkeypatch.setattr(cli, "sample", counting)
+    monkeypatch.setattr(cli, "sample", counting(cli.sample))
+    monkeypatch.setattr(cli, "sample_trajectory", counting(cli.sample_trajectory))  # the first batch
     monkeypatch.setattr(cli, "SAMPLE_BATCH", 3)
     argv = ["sample", "--checkpoint", checkpoint_copy, "--steps", 2, "--frames", 2, "--no-progress", "--n", 4,
             "--out", tmp_path]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_unet
-from diffusion_utils import ConfigError, box_mask, inpaint, sample, sdedit
+from diffusion_utils import ConfigError, box_mask, inpaint, sample, sample_trajectory, sdedit
 from diffusion_utils.editing import check_mask, start_timestep
 
 NAMES = ("red rose", "sunflower", "daisy")
@@ -34,11 +34,10 @@ def test_t_start_at_the_last_timestep_is_plain_sampling(model, schedule20, sampl
 def test_t_start_spreads_the_steps_below_it(model, schedule20):
     """With t_start the trajectory starts at t_start + 1 (paper t) and visits only timesteps below."""
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    _, traj = sample(model, schedule20, 1, sampler="ddim", steps=3, x_T=x, t_start=8,
-                     return_trajectory=True, progress=False)
+    traj = sample_trajectory(model, schedule20, 1, sampler="ddim", steps=3, x_T=x, t_start=8, progress=False)
     assert traj.timesteps == [9, 6, 3, 0]
-    _, traj = sample(model, schedule20, 1, sampler="ddpm", x_T=x, t_start=4, return_trajectory=True,
-                     generator=torch.Generator().manual_seed(1), progress=False)
+    traj = sample_trajectory(model, schedule20, 1, sampler="ddpm", x_T=x, t_start=4,
+                             generator=torch.Generator().manual_seed(1), progress=False)
     assert traj.timesteps == [5, 4, 3, 2, 1, 0]  # ddpm takes every step below t_start
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_utils import ConfigError, NoiseSchedule, p_sample, sample, timesteps_for, to_uint8
+from diffusion_utils import ConfigError, NoiseSchedule, p_sample, sample, sample_trajectory, timesteps_for, to_uint8
 from diffusion_utils.sampling import predict_eps_x0
 
 from conftest import tiny_unet
@@ -171,6 +171,43 @@ def test_trailing_spacing_examples():
     assert timesteps_for(1000, 4) == [999, 749, 499, 249]
 
 
+# diffusers 0.42.1, DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+# use_lu_lambdas=True).set_timesteps(steps).timesteps: the reference for log-SNR spacing.
+DIFFUSERS_LU_LAMBDAS = {
+    5: [999, 722, 302, 30, 0],
+    10: [999, 886, 757, 603, 410, 202, 73, 22, 5, 0],
+    20: [999, 947, 893, 834, 772, 704, 629, 546, 454, 353, 253, 166, 103, 61, 35, 19, 10, 4, 1, 0],
+}
+
+
+@pytest.mark.parametrize("steps", sorted(DIFFUSERS_LU_LAMBDAS))
+def test_logsnr_spacing_matches_diffusers(steps):
+    alpha_bars = NoiseSchedule.linear(1000, 1e-4, 0.02).alpha_bars
+    assert timesteps_for(1000, steps, "logsnr", alpha_bars) == DIFFUSERS_LU_LAMBDAS[steps]
+
+
+def test_logsnr_spacing_is_even_in_log_snr_and_never_repeats_a_step():
+    """Away from rounding, consecutive λ differ by the same amount; at 50 steps, where diffusers
+    repeats t = 1, every t is distinct; without the schedule the spacing is refused."""
+    alpha_bars = NoiseSchedule.linear(1000, 1e-4, 0.02).alpha_bars.double()
+    ts = timesteps_for(1000, 10, "logsnr", alpha_bars)
+    lam = (0.5 * torch.log(alpha_bars / (1 - alpha_bars)))[ts]
+    gaps = lam[1:] - lam[:-1]
+    assert torch.allclose(gaps[:6], gaps[:6].mean().expand(6), rtol=0.03)  # rounding matters only near t = 0
+    ts50 = timesteps_for(1000, 50, "logsnr", alpha_bars)
+    assert len(ts50) == 50 and ts50[0] == 999 and ts50[-1] == 0 and all(a > b for a, b in zip(ts50, ts50[1:]))
+    with pytest.raises(ConfigError, match="alpha_bars"):
+        timesteps_for(1000, 10, "logsnr")
+
+
+def test_dpmpp_samples_with_logsnr_spacing(model16, schedule20):
+    """sample(spacing="logsnr") visits the log-SNR timesteps (over [0, t_start] too)."""
+    traj = sample_trajectory(model16, schedule20, 1, sampler="dpmpp", steps=5, spacing="logsnr", generator=_gen(0),
+                             progress=False)
+    assert traj.timesteps == [t + 1 for t in timesteps_for(20, 5, "logsnr", schedule20.alpha_bars)] + [0]
+    assert traj.images.abs().max() <= 1
+
+
 def test_leading_and_linspace_spacing():
     """Leading spacing (DDIM's original) does not start at T−1; linspace runs T−1 … 0."""
     lead = timesteps_for(1000, 10, "leading")
@@ -257,11 +294,13 @@ def test_ddim_eta0_is_deterministic_given_x_T(model16, schedule20):
 
 
 @pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 6), ("dpmpp", 4)])
-def test_return_trajectory(model16, schedule20, sampler, steps):
+def test_sample_trajectory(model16, schedule20, sampler, steps):
     """The trajectory has one uint8 frame (F, n, 3, H, W) per step plus the final sample, its
     timesteps run from T down to 0 (paper convention: code t + 1), and its last frame is the result."""
-    images, traj = sample(model16, schedule20, 2, sampler=sampler, steps=steps, generator=_gen(0),
-                          return_trajectory=True, progress=False)
+    traj = sample_trajectory(model16, schedule20, 2, sampler=sampler, steps=steps, generator=_gen(0),
+                             progress=False)
+    images = traj.images
+    assert images.dtype == torch.float32 and images.shape == (2, 3, 16, 16)
     n_calls = steps or 20
     assert len(traj) == n_calls + 1
     assert traj.frames.shape == traj.x0_frames.shape == (n_calls + 1, 2, 3, 16, 16)
@@ -278,9 +317,8 @@ def test_return_trajectory(model16, schedule20, sampler, steps):
 
 
 def test_trajectory_frames_limits_the_frame_count(model16, schedule20):
-    """trajectory_frames keeps that many evenly spaced frames, always the first and the last."""
-    _, traj = sample(model16, schedule20, 1, sampler="ddpm", generator=_gen(0), return_trajectory=True,
-                     trajectory_frames=5, progress=False)
+    """frames keeps that many evenly spaced frames, always the first and the last."""
+    traj = sample_trajectory(model16, schedule20, 1, sampler="ddpm", generator=_gen(0), frames=5, progress=False)
     assert len(traj) == 5 and traj.frames.shape[0] == 5
     assert traj.timesteps[0] == 20 and traj.timesteps[-1] == 0
     assert all(a > b for a, b in zip(traj.timesteps, traj.timesteps[1:]))
@@ -357,16 +395,17 @@ def test_samplers_give_the_same_images_for_an_eps_model_and_its_v_twin(model16, 
     one turns the output into (ε̂, x̂₀) through the schedule, never by assuming ε. Read as ε, the
     v twin's outputs give different images."""
     v_model = VFromEps(model16, schedule20)
-    kw = dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, return_trajectory=True, progress=False)
-    images_eps, traj_eps = sample(model16, schedule20, 2, generator=_gen(4), **kw)
-    images_v, traj_v = sample(v_model, schedule20, 2, generator=_gen(4), **kw)
+    kw = dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, progress=False)
+    traj_eps = sample_trajectory(model16, schedule20, 2, generator=_gen(4), **kw)
+    traj_v = sample_trajectory(v_model, schedule20, 2, generator=_gen(4), **kw)
+    images_eps, images_v = traj_eps.images, traj_v.images
     torch.testing.assert_close(images_v, images_eps, rtol=0, atol=2e-5)
     assert traj_v.timesteps == traj_eps.timesteps
     for a, b in ((traj_v.frames, traj_eps.frames), (traj_v.x0_frames, traj_eps.x0_frames)):
         diff = (a.int() - b.int()).abs()
         assert diff.max() <= 1 and (diff == 0).float().mean() > 0.99  # uint8 rounding at most
     v_model.prediction = "eps"
-    wrong = sample(v_model, schedule20, 2, generator=_gen(4), **{**kw, "return_trajectory": False})
+    wrong = sample(v_model, schedule20, 2, generator=_gen(4), **kw)
     assert (wrong - images_eps).abs().max() > 0.1
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from diffusion_utils import (ConfigError, DenoisingSlider, GuidanceWidget, LiveTrainingView, NoiseSchedule,
-                             denoising_slider, guidance_widget, load_dataset, sample, train)
+                             denoising_slider, guidance_widget, load_dataset, sample, sample_trajectory, train)
 
 from conftest import tiny_config, tiny_unet
 
@@ -23,8 +23,8 @@ SCALE = 2
 @pytest.fixture(scope="module")
 def trajectory():
     """A 4-image, 6-step DDIM trajectory of a tiny random UNet: 7 frames, t = 20 … 0."""
-    _, traj = sample(tiny_unet(16), NoiseSchedule.linear(20, 1e-3, 0.3), 4, sampler="ddim", steps=6,
-                     generator=torch.Generator().manual_seed(0), return_trajectory=True, progress=False)
+    traj = sample_trajectory(tiny_unet(16), NoiseSchedule.linear(20, 1e-3, 0.3), 4, sampler="ddim", steps=6,
+                             generator=torch.Generator().manual_seed(0), progress=False)
     assert len(traj) == 7
     return traj
 

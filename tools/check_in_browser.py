@@ -7,7 +7,7 @@ Starts a JupyterLab server on a free local port with a scratch notebook, runs it
 reader would (click, Shift+Enter) and checks what appears. Screenshots of each stage are saved.
 
 - ``slider``: samples a model (``--checkpoint``, or a small untrained UNet) with
-  ``return_trajectory=True`` and shows ``denoising_slider(trajectory)``; waits for the widget,
+  ``sample_trajectory`` and shows ``denoising_slider(trajectory)``; waits for the widget,
   moves the slider with the keyboard, checks that the image and the "t = …" label follow, presses
   Play and checks the slider advances on its own.
 - ``live-view``: trains a tiny model on synthetic flowers with notebook 03's ``LiveTrainingView``;
@@ -45,10 +45,10 @@ def notebook_cells(checkpoint: str | None) -> list[str]:
     load = f"model, schedule, _ = load_model({checkpoint!r})\n" if checkpoint else UNTRAINED
     return [
         "import torch\n"
-        "from diffusion_utils import NoiseSchedule, UNet, denoising_slider, load_model, sample\n"
+        "from diffusion_utils import NoiseSchedule, UNet, denoising_slider, load_model, sample_trajectory\n"
         "torch.manual_seed(0)\n" + load +
-        "_, trajectory = sample(model, schedule, 4, sampler='ddim', steps=40, generator=torch.Generator().manual_seed(0),\n"
-        "                       return_trajectory=True, progress=False)\n"
+        "trajectory = sample_trajectory(model, schedule, 4, sampler='ddim', steps=40,\n"
+        "                               generator=torch.Generator().manual_seed(0), progress=False)\n"
         "print('frames:', len(trajectory))",
         "slider = denoising_slider(trajectory, max_images=4, nrow=2, scale=4, interval_ms=40)\nslider",
     ]
