@@ -22,13 +22,12 @@ import json
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-from bench_recipes import real_features, samples_of, score
-from diffusion_utils import load_dataset, load_model, load_pretrained
+from bench_recipes import add_model_arguments, model_to_score, real_features, samples_of, score
+from diffusion_utils import load_dataset
 from diffusion_utils.metrics import InceptionFeatures, extract_features
 
 
@@ -51,29 +50,19 @@ def recorded_command(argv: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a training checkpoint (its EMA weights are scored)")
-    which.add_argument("--pretrained", help="a name load_pretrained knows (e.g. flowers32) or an exported .pt file")
+    add_model_arguments(parser)
     parser.add_argument("--data-root", default=None, help="folder holding flowers-102/ (torchvision layout)")
     parser.add_argument("--scales", default="0,1,2,3,5", help="comma-separated guidance scales w")
     parser.add_argument("--n", type=int, default=1000, help="samples per scale (and real floor images)")
     parser.add_argument("--n-ref", type=int, default=2000, help="real reference images")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--features-cache", default="runs/recipes", help="folder for the real-image features")
     parser.add_argument("--out", default="docs/guidance_kid.json", help="the JSON table notebook 06 shows")
     parser.add_argument("--weights-note", default=None,
                         help="how to describe the weights in the table (default: the name or path given)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("once", message="FID with")
     scales = [float(w) for w in args.scales.split(",")]
-
-    if args.pretrained:
-        model, schedule, config = load_pretrained(args.pretrained)
-    else:
-        model, schedule, config = load_model(args.checkpoint)
+    model, schedule, config = model_to_score(args)
     if not model.num_classes:
         raise SystemExit("error: this model is unconditional (num_classes 0); guidance needs a "
                          "class-conditional one (train on labelled data)")

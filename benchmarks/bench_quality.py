@@ -24,13 +24,12 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from bench_guidance import recorded_command
-from bench_recipes import real_features, samples_of, score
+from bench_recipes import add_model_arguments, model_to_score, real_features, samples_of, score
 from diffusion_utils import load_dataset, load_model, load_pretrained, save_grid, to_uint8, upsample
 from diffusion_utils.data import to_model_range
 from diffusion_utils.metrics import InceptionFeatures, extract_features
@@ -39,14 +38,10 @@ from diffusion_utils.superres import downsample, upsample_condition
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a training checkpoint (its EMA weights are scored)")
-    which.add_argument("--pretrained", help="a name load_pretrained knows, e.g. flowers32")
-    parser.add_argument("--raw-weights", action="store_true", help="score a checkpoint's raw weights instead")
+    add_model_arguments(parser, raw_weights=True)
     parser.add_argument("--data-root", default=None, help="folder holding flowers-102/ (torchvision layout)")
     parser.add_argument("--n", type=int, default=1000, help="samples (and real floor images)")
     parser.add_argument("--n-ref", type=int, default=2000, help="real reference images")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--features-cache", default="runs/recipes", help="folder for the real-image features")
     parser.add_argument("--grid", default=None, help="also save the first 64 samples as this PNG")
     parser.add_argument("--upscale", default=None,
@@ -58,14 +53,7 @@ def main() -> None:
     parser.add_argument("--real-through-upsampler", action="store_true",
                         help="with --upscale: also score real photos shrunk to 32 px and upsampled by the model")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("once", message="FID with")
-
-    if args.pretrained:
-        model, schedule, config = load_pretrained(args.pretrained)
-    else:
-        model, schedule, config = load_model(args.checkpoint, use_ema=not args.raw_weights)
+    model, schedule, config = model_to_score(args)
     if args.upscale:
         return cascade(model, schedule, args)
     images = load_dataset("flowers102", config.img_size, root=args.data_root, progress=False).images

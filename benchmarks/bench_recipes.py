@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_utils import TrainConfig, load_dataset, sample, save_grid, to_uint8
+from diffusion_utils import TrainConfig, load_dataset, load_model, load_pretrained, sample, save_grid, to_uint8
 from diffusion_utils.checkpoint import save_checkpoint
 from diffusion_utils.data import epoch_batches
 from diffusion_utils.metrics import InceptionFeatures, compute_fid, compute_kid, extract_features
@@ -136,6 +136,28 @@ def main() -> None:
         seen = f"{r['images_seen']:8d} {r['train_seconds']:8.0f} {r['images_seen'] / r['train_seconds']:6.1f}" \
             if "images_seen" in r else f"{'-':>8s} {'-':>8s} {'-':>6s}"
         print(f"{r['name']:<22s} {r['kid']:8.4f} {r['kid_std']:7.4f} {r['fid']:6.1f} {seen}")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, raw_weights: bool = False) -> None:
+    """The model a quality benchmark scores: ``--checkpoint`` or ``--pretrained`` (and ``--raw-weights``),
+    with ``--threads``."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a training checkpoint (its EMA weights are scored)")
+    which.add_argument("--pretrained", help="a name load_pretrained knows (e.g. flowers32) or an exported .pt file")
+    if raw_weights:
+        parser.add_argument("--raw-weights", action="store_true", help="score a checkpoint's raw weights instead")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+def model_to_score(args: argparse.Namespace):
+    """``(model, schedule, config)`` named by :func:`add_model_arguments`' flags, with torch's
+    threads set and FID's small-sample warning shown once."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("once", message="FID with")
+    if args.pretrained:
+        return load_pretrained(args.pretrained)
+    return load_model(args.checkpoint, use_ema=not getattr(args, "raw_weights", False))
 
 
 def real_features(shuffled: torch.Tensor, n_ref: int, n_floor: int, cache: Path) -> dict:

@@ -31,14 +31,13 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from bench_guidance import recorded_command
-from bench_recipes import real_features, score
-from diffusion_utils import load_dataset, load_model, load_pretrained, sample
+from bench_recipes import add_model_arguments, model_to_score, real_features, score
+from diffusion_utils import load_dataset, sample
 from diffusion_utils.metrics import InceptionFeatures, extract_features
 from diffusion_utils.pixels import draw_in_batches
 
@@ -69,9 +68,7 @@ def draw(model, schedule, options: dict, n: int) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a training checkpoint (its EMA weights are scored)")
-    which.add_argument("--pretrained", help="a name load_pretrained knows (e.g. flowers32) or an exported .pt file")
+    add_model_arguments(parser)
     parser.add_argument("--data-root", default=None, help="folder holding flowers-102/ (torchvision layout)")
     parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated sampler-steps")
     parser.add_argument("--n", type=int, default=1000, help="samples per setting")
@@ -79,19 +76,11 @@ def main() -> None:
     parser.add_argument("--n-ref", type=int, default=2000, help="real reference images")
     parser.add_argument("--time-n", type=int, default=50, help="images per setting in the timing pass")
     parser.add_argument("--time-only", action="store_true", help="only redo the timing pass")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--features-cache", default="runs/recipes", help="folder for the real-image features")
     parser.add_argument("--out", default="docs/sampler_kid.json", help="the JSON table")
     parser.add_argument("--figure", default=None, help="also plot KID against network calls here (PNG)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("once", message="FID with")
-
-    if args.pretrained:
-        model, schedule, config = load_pretrained(args.pretrained)
-    else:
-        model, schedule, config = load_model(args.checkpoint)
+    model, schedule, config = model_to_score(args)
     settings = args.settings.split(",")
     options = {s: sampler_options(s, schedule.n_steps) for s in settings}
     out = Path(args.out)

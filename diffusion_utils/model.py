@@ -140,6 +140,39 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+def down_path(base_channels: int, channel_mults: tuple[int, ...], num_res_blocks: int,
+              attention_levels: tuple[int, ...], time_emb_dim: int, dropout: float) -> tuple[nn.ModuleList, list[int]]:
+    """The UNet's way down: ``num_res_blocks`` blocks per level, then a 2× downsample (not after the
+    last level). Returns the blocks and the channel count of every skip connection, in order (the
+    stem's first; the last is the channel count the middle sees)."""
+    down, skip_channels, ch = nn.ModuleList(), [base_channels], base_channels
+    for level, mult in enumerate(channel_mults):
+        out_ch = base_channels * mult
+        for _ in range(num_res_blocks):
+            down.append(LevelBlock(ch, out_ch, time_emb_dim, dropout, level in attention_levels))
+            ch = out_ch
+            skip_channels.append(ch)
+        if level < len(channel_mults) - 1:
+            down.append(Downsample(ch))
+            skip_channels.append(ch)
+    return down, skip_channels
+
+
+def up_path(skip_channels: list[int], base_channels: int, channel_mults: tuple[int, ...], num_res_blocks: int,
+            attention_levels: tuple[int, ...], time_emb_dim: int, dropout: float) -> nn.ModuleList:
+    """The way up: ``num_res_blocks + 1`` blocks per level, each consuming one skip connection
+    (concatenated on the channel axis, the last skip first), then a 2× upsample (not after level 0)."""
+    up, skips, ch = nn.ModuleList(), list(skip_channels), skip_channels[-1]
+    for level, mult in reversed(list(enumerate(channel_mults))):
+        out_ch = base_channels * mult
+        for _ in range(num_res_blocks + 1):
+            up.append(LevelBlock(ch + skips.pop(), out_ch, time_emb_dim, dropout, level in attention_levels))
+            ch = out_ch
+        if level > 0:
+            up.append(Upsample(ch))
+    return up
+
+
 class UNet(nn.Module):
     """ε_θ(xₜ, t): predicts the noise in a batch of noisy images.
 
@@ -195,36 +228,16 @@ class UNet(nn.Module):
         self.time_embedding = TimeEmbedding(time_emb_dim)
         self.stem = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
 
-        # ---- down path: remember the channel count of every skip connection -----------------
-        self.down = nn.ModuleList()
-        skip_channels = [base_channels]
-        ch = base_channels
-        for level, mult in enumerate(channel_mults):
-            out_ch = base_channels * mult
-            for _ in range(num_res_blocks):
-                self.down.append(LevelBlock(ch, out_ch, time_emb_dim, dropout, level in attention_levels))
-                ch = out_ch
-                skip_channels.append(ch)
-            if level < self.num_levels - 1:
-                self.down.append(Downsample(ch))
-                skip_channels.append(ch)
-
-        # ---- middle, at the lowest resolution: always attention -----------------------------
+        blocks = dict(base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
+                      attention_levels=attention_levels, time_emb_dim=time_emb_dim, dropout=dropout)
+        self.down, skip_channels = down_path(**blocks)
+        ch = skip_channels[-1]
+        # ---- middle, at the lowest resolution (attention unless mid_attention=False) ---------------
         self.mid1 = ResidualBlock(ch, ch, time_emb_dim, dropout)
         self.mid_attn = SelfAttention(ch) if mid_attention else nn.Identity()
         self.mid2 = ResidualBlock(ch, ch, time_emb_dim, dropout)
-
-        # ---- up path: each block consumes one skip, concatenated on the channel axis ------------
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mults))):
-            out_ch = base_channels * mult
-            for _ in range(num_res_blocks + 1):
-                self.up.append(LevelBlock(ch + skip_channels.pop(), out_ch, time_emb_dim, dropout,
-                                           level in attention_levels))
-                ch = out_ch
-            if level > 0:
-                self.up.append(Upsample(ch))
-
+        self.up = up_path(skip_channels, **blocks)
+        ch = base_channels * channel_mults[0]
         self.head = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
 
         if num_classes:
