@@ -37,7 +37,7 @@ import torch
 
 from bench_guidance import recorded_command
 from bench_recipes import add_model_arguments, model_to_score, real_features, score
-from diffusion_utils import load_dataset, sample
+from diffusion_utils import fewest_calls_matching, load_dataset, plot_sampler_curve, sample
 from diffusion_utils.metrics import InceptionFeatures, extract_features
 from diffusion_utils.pixels import draw_in_batches
 
@@ -133,66 +133,25 @@ def main() -> None:
     report(table, args.figure)
 
 
-def calls(row: dict) -> int:
-    """Network calls per image (every sampler here makes one per step)."""
-    return row["steps"]
-
-
 def report(table: dict, figure: str | None) -> None:
     """Print the table and the one-sentence answer; plot KID against calls if ``figure``."""
-    rows = table["rows"]
     print(f"{table['weights']} at {table['img_size']} px vs {table['n_ref']} real images, {table['features']}; "
           f"timing: {table.get('timing')}")
     for n, floor in sorted(table.get("floors", {}).items()):
         print(f"{'real floor (n = ' + n + ')':<22s} KID {floor['kid']:.4f} ± {floor['kid_std']:.4f}   "
               f"FID {floor['fid']:6.1f}")
-    for row in rows:
+    for row in table["rows"]:
         cost = f"{row['seconds_per_image']:8.4f} s/image" if row.get("seconds_per_image") else ""
         print(f"{row['setting']:<22s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}   "
               f"n {row['n']:5d}  {cost}")
-    print(answer(rows))
+    if any(r["setting"] == "ddpm-1000" for r in table["rows"]):
+        fewest = fewest_calls_matching(table["rows"])
+        print("Within DDPM-1000's KID ± std: " + "; ".join(
+            f"{sampler} at {calls} calls" if calls else f"{sampler} at none of the tested counts"
+            for sampler, calls in fewest.items()) + ".")
     if figure:
-        plot(table, figure)
-
-
-def answer(rows: list[dict]) -> str:
-    """How many calls each fast sampler needs to reach DDPM-1000's KID within its error bar."""
-    reference = next((r for r in rows if r["setting"] == "ddpm-1000"), None)
-    if reference is None:
-        return "no DDPM-1000 row to compare with"
-    parts = []
-    for sampler in sorted({r["sampler"] for r in rows} - {"ddpm"}):
-        within = [r for r in rows if r["sampler"] == sampler
-                  and abs(r["kid"] - reference["kid"]) <= reference["kid_std"]]
-        best = min(within, key=calls, default=None)
-        parts.append(f"{sampler} at {calls(best)} calls" if best else f"{sampler} at none of the tested counts")
-    return (f"Within DDPM-1000's KID ± std ({reference['kid']:.4f} ± {reference['kid_std']:.4f}): "
-            + "; ".join(parts) + ".")
-
-
-def plot(table: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    labels = {"ddim": "DDIM (η = 0)", "dpmpp": "DPM-Solver++(2M)", "dpmpp_logsnr": "DPM-Solver++(2M), log-SNR steps",
-              "ddpm": "DDPM ancestral (1000; 250 respaced)"}
-    for sampler in sorted({r["sampler"] for r in table["rows"]}):
-        rows = sorted((r for r in table["rows"] if r["sampler"] == sampler), key=calls)
-        ax.errorbar([calls(r) for r in rows], [r["kid"] for r in rows], yerr=[r["kid_std"] for r in rows],
-                    marker="o", capsize=3, linestyle="-" if sampler != "ddpm" else "none",
-                    label=labels.get(sampler, sampler))
-    floor = table["floors"][max(table["floors"], key=int)]
-    ax.axhline(floor["kid"], color="gray", linestyle="--", label="real vs real (floor)")
-    ax.set_xscale("log")
-    ax.set_xlabel("network calls per image (log scale)")
-    ax.set_ylabel("KID (Inception, lower is better)")
-    ax.set_title(f"{table['weights']}: quality against sampling cost, {table['img_size']} px")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"figure written to {path}")
+        plot_sampler_curve(table, figure)
+        print(f"figure written to {figure}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from .data import ImageDataset, batches_per_epoch, load_dataset, make_synthetic_
 from .errors import CheckpointError, ConfigError, DataError, DiffusionError, RunFolderError, TrainingDiverged
 from .editing import box_mask, inpaint, sdedit
 from .guidance import GuidedModel
-from .evaluation import SamplerRun, evaluate_samplers
+from .evaluation import SamplerRun, evaluate_samplers, fewest_calls_matching
 from .exercises import check_exercise
 from .metrics import (FeatureExtractorError, InceptionFeatures, KIDResult, RandomConvFeatures, compute_fid,
                       compute_kid, default_feature_extractor, extract_features)
@@ -56,6 +56,7 @@ from .training import TrainState, ema_decay_at, make_ema, train_step
 from .run import RunHooks, TrainingInterrupted, TrainingRun, TrainResult, run_training
 from .run_figures import RunFigures, train
 from .visualization import (grid_image, loss_label, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
+                            plot_sampler_curve,
                             plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid, save_stages_animation,
                             save_large_sample, show_images)
 from .widgets import DenoisingSlider, GuidanceWidget, LiveTrainingView, denoising_slider, guidance_widget
@@ -65,10 +66,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",
     "DenoisingSlider", "DiffusionError", "PRETRAINED", "export_pretrained", "load_pretrained", "pretrained_card", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
-    "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
+    "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "fewest_calls_matching", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
     "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
-    "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_schedules", "resolve_device", "sample", "sample_trajectory",
+    "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_sampler_curve", "plot_schedules", "resolve_device", "sample", "sample_trajectory",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "upsample_trajectory", "sample_cascade", "ConditionedModel", "noised_condition",
     "RunHooks", "RunFigures", "TrainingRun", "run_training",

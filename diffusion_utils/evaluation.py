@@ -70,3 +70,18 @@ def evaluate_samplers(model: torch.nn.Module, schedule: NoiseSchedule, reference
         seconds = time.perf_counter() - start
         runs.append(SamplerRun(sampler, steps, images, seconds, compute_kid(images, reference, feature_extractor)))
     return runs
+
+
+def fewest_calls_matching(rows: list[dict], reference: str = "ddpm-1000") -> dict[str, int | None]:
+    """For each sampler of a measured curve (``benchmarks/bench_samplers.py``'s rows: ``setting``,
+    ``sampler``, ``steps``, ``kid``), the fewest network calls whose KID lies within the
+    ``reference`` setting's KID ± its std; None where no tested count does. The same rule as
+    :meth:`SamplerRun.matches`."""
+    ref = next(r for r in rows if r["setting"] == reference)
+    fewest = {}
+    for row in sorted(rows, key=lambda r: r["steps"]):
+        if row["setting"] != reference:
+            fewest.setdefault(row["sampler"], None)
+            if fewest[row["sampler"]] is None and abs(row["kid"] - ref["kid"]) <= ref["kid_std"]:
+                fewest[row["sampler"]] = row["steps"]
+    return fewest

@@ -295,14 +295,14 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_ki
 
     fig = Figure(figsize=(10, 3.8))
     ax_kid, ax_time = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    names = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)"}
     for sampler, marker in (("ddim", "o"), ("dpmpp", "s")):
         rs = sorted((r for r in runs if r.sampler == sampler), key=lambda r: r.steps)
         if not rs:
             continue
         ax_kid.errorbar([r.steps for r in rs], [r.kid.mean for r in rs], yerr=[r.kid.std for r in rs],
-                        marker=marker, capsize=3, label=names[sampler])
-        ax_time.plot([r.steps for r in rs], [r.seconds_per_image for r in rs], marker=marker, label=names[sampler])
+                        marker=marker, capsize=3, label=SAMPLER_NAMES[sampler])
+        ax_time.plot([r.steps for r in rs], [r.seconds_per_image for r in rs], marker=marker,
+                     label=SAMPLER_NAMES[sampler])
     for ddpm in (r for r in runs if r.sampler == "ddpm"):
         ax_kid.axhline(ddpm.kid.mean, color="k", ls="--", label=f"DDPM, {ddpm.steps} steps (± std shaded)")
         ax_kid.axhspan(ddpm.kid.mean - ddpm.kid.std, ddpm.kid.mean + ddpm.kid.std, color="k", alpha=0.1)
@@ -322,6 +322,40 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_ki
         ax.set_xlabel("network calls per image")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+SAMPLER_NAMES = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)", "dpmpp_logsnr": "DPM-Solver++(2M), log-SNR steps",
+                 "ddpm": "DDPM ancestral (1000 steps; 250 respaced)"}
+
+
+def plot_sampler_curve(table: dict, path: str | os.PathLike | None = None) -> Figure:
+    """KID (± std) against network calls per image (log axis) for every sampler of a measured
+    curve — ``benchmarks/bench_samplers.py``'s JSON (``docs/sampler_kid.json``): ``table["rows"]``
+    with ``sampler``, ``steps``, ``kid``, ``kid_std``; ``table["floors"]`` the real-vs-real floor
+    per sample count, the largest drawn as a dashed line."""
+    from matplotlib.ticker import ScalarFormatter
+
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for sampler in sorted({r["sampler"] for r in table["rows"]}):
+        rows = sorted((r for r in table["rows"] if r["sampler"] == sampler), key=lambda r: r["steps"])
+        ax.errorbar([r["steps"] for r in rows], [r["kid"] for r in rows], yerr=[r["kid_std"] for r in rows],
+                    marker="o", capsize=3, linestyle="none" if sampler == "ddpm" else "-",
+                    label=SAMPLER_NAMES.get(sampler, sampler))
+    floors = table.get("floors", {})
+    if floors:
+        n = max(floors, key=int)
+        ax.axhline(floors[n]["kid"], color="gray", ls="--", label=f"real vs real, the floor (n = {n})")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set(xlabel="network calls per image (log scale)", ylabel="KID, Inception (lower is better)",
+           title=f"{table.get('weights', 'model')}: quality against sampling cost, {table.get('img_size', '?')} px")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from diffusion_utils import (NoiseSchedule, RandomConvFeatures, export_pretrained, load_trained_or_pretrained,
-                             make_synthetic_flowers, plot_sampler_comparison)
+                             fewest_calls_matching, make_synthetic_flowers, plot_sampler_comparison,
+                             plot_sampler_curve)
 from diffusion_utils.evaluation import evaluate_samplers
 
 from conftest import tiny_unet
@@ -73,3 +74,30 @@ def test_load_trained_or_pretrained_prefers_the_checkpoint_and_never_trains(trai
         assert "Showing the pretrained" in out and "1,234 training images seen" in out
         assert config.img_size == trained_run.config.img_size and not model.training
     assert not (tmp_path / "nb").exists()
+
+
+CURVE = {"weights": "m", "img_size": 16, "floors": {"500": {"kid": 0.001, "kid_std": 0.001}, "1000": {"kid": 0.0, "kid_std": 0.001}},
+         "rows": [{"setting": "ddpm-1000", "sampler": "ddpm", "steps": 1000, "kid": 0.030, "kid_std": 0.002},
+                  {"setting": "ddpm-250", "sampler": "ddpm", "steps": 250, "kid": 0.031, "kid_std": 0.002},
+                  {"setting": "ddim-5", "sampler": "ddim", "steps": 5, "kid": 0.060, "kid_std": 0.002},
+                  {"setting": "ddim-20", "sampler": "ddim", "steps": 20, "kid": 0.033, "kid_std": 0.002},
+                  {"setting": "ddim-50", "sampler": "ddim", "steps": 50, "kid": 0.029, "kid_std": 0.002},
+                  {"setting": "dpmpp-5", "sampler": "dpmpp", "steps": 5, "kid": 0.050, "kid_std": 0.002},
+                  {"setting": "dpmpp-10", "sampler": "dpmpp", "steps": 10, "kid": 0.040, "kid_std": 0.002}]}
+
+
+def test_fewest_calls_matching_reads_the_reference_error_bar():
+    """The fewest calls within DDPM-1000's KID ± std per sampler: DDIM at 50 (20 is 0.003 off, one
+    std is 0.002), DDPM at 250, DPM-Solver++ at none; a wider bar lets DDIM-20 in."""
+    assert fewest_calls_matching(CURVE["rows"]) == {"ddim": 50, "ddpm": 250, "dpmpp": None}
+    wide = [{**r, "kid_std": 0.004} if r["setting"] == "ddpm-1000" else r for r in CURVE["rows"]]
+    assert fewest_calls_matching(wide)["ddim"] == 20
+
+
+def test_plot_sampler_curve_one_line_per_sampler_and_the_floor(tmp_path):
+    fig = plot_sampler_curve(CURVE, tmp_path / "curve.png")
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_xscale() == "log" and len(labels) == 4  # ddim, dpmpp, ddpm, the floor
+    assert "real vs real, the floor (n = 1000)" in labels and "DDIM (η=0)" in labels
+    assert (tmp_path / "curve.png").stat().st_size > 0
