@@ -28,7 +28,7 @@ def test_every_install_cell_is_the_same_and_names_the_repository_of_the_colab_ba
     assert len(installs) == 1
     cell = installs.pop()
     repo = re.search(r'REPO = "(https://github.com/[^"]+)"', cell).group(1)
-    assert '%pip install -q "diffusion-utils @ git+{REPO}"' in cell and "!pip" not in cell
+    assert '%pip install -q "diffusion-utils[eval] @ git+{REPO}"' in cell and "!pip" not in cell
     assert "_render_traceback_" in cell and "raise InstallFailed" in cell
     for path in NOTEBOOKS:
         first = "".join(json.loads(path.read_text())["cells"][0]["source"])
