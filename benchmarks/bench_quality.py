@@ -16,6 +16,10 @@ bicubically (what blur alone costs). Seconds per 64 px image are timed on the fi
 
     python benchmarks/bench_quality.py --pretrained flowers32 --upscale sr64 --data-root ../shared/data \
         --aug-levels 0,50,100 --out docs/cascade_kid.json
+
+``--guidance W`` draws the base samples of a class-conditional base with classifier-free guidance,
+sample i asking for the species of real floor image i (as ``bench_guidance.py`` does), so the cascade
+is scored with the real class frequencies.
 """
 
 from __future__ import annotations
@@ -48,10 +52,16 @@ def main() -> None:
                         help="score the cascade: this upsampler (pretrained name, .pt file or training checkpoint)")
     parser.add_argument("--aug-levels", default=None,
                         help="with --upscale: comma-separated noise levels s of the condition (default: the model's)")
-    parser.add_argument("--sr-steps", type=int, default=20, help="with --upscale: DPM-Solver++ steps of the upsampler")
+    parser.add_argument("--sr-steps", type=int, default=20, help="with --upscale: network calls of the upsampler")
+    parser.add_argument("--sr-sampler", default="dpmpp", choices=("dpmpp", "ddim"),
+                        help="with --upscale: the upsampler's sampler (ddim with --sr-eta 1 is ancestral)")
+    parser.add_argument("--sr-eta", type=float, default=0.0, help="with --upscale --sr-sampler ddim: its η")
     parser.add_argument("--out", default=None, help="with --upscale: write the table as JSON here")
     parser.add_argument("--real-through-upsampler", action="store_true",
                         help="with --upscale: also score real photos shrunk to 32 px and upsampled by the model")
+    parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                        help="with --upscale and a class-conditional base: sample i asks for the species of real "
+                             "floor image i (the real class frequencies), guided with this scale w")
     args = parser.parse_args()
     model, schedule, config = model_to_score(args)
     if args.upscale:
@@ -88,8 +98,14 @@ def cascade(base, schedule, args) -> None:
     upsampler at each s."""
     sr, sr_schedule, sr_config = load_any(args.upscale)
     size, low = sr_config.img_size, sr_config.low_res_size
-    images = load_dataset("flowers102", size, root=args.data_root, progress=False).images
+    dataset = load_dataset("flowers102", size, root=args.data_root, progress=False)
+    images = dataset.images
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1234))
+    classes = None  # unconditional base samples, unless guided towards the floor images' species
+    if args.guidance is not None:
+        if not base.num_classes:
+            raise SystemExit("error: --guidance needs a class-conditional base model")
+        classes = dataset.labels[order][args.n_ref:args.n_ref + args.n]
     cache = Path(args.features_cache)
     cache.mkdir(parents=True, exist_ok=True)
     real = real_features(images[order], args.n_ref, args.n, cache / f"real_features_{args.n_ref}_{size}px.pt")
@@ -98,20 +114,22 @@ def cascade(base, schedule, args) -> None:
     def bicubic(uint8: torch.Tensor) -> torch.Tensor:
         return to_uint8(upsample_condition(to_model_range(uint8), size, "bicubic"))
 
+    guided = "" if args.guidance is None else f" (guided, w = {args.guidance:g}, real species frequencies)"
     real_low = to_uint8(downsample(to_model_range(images[order][args.n_ref:args.n_ref + args.n]), low))
     t0 = time.perf_counter()
-    base_samples = samples_of(base, schedule, args.n)
+    base_samples = samples_of(base, schedule, args.n, classes=classes, guidance_scale=args.guidance)
     base_seconds = (time.perf_counter() - t0) / args.n
     rows = [score("real floor (other real 64 px images)", real["floor"], real["ref"]),
             score("real photos shrunk to 32 px, bicubic to 64", extract_features(bicubic(real_low), extractor),
                   real["ref"]),
-            {**score("base samples, bicubic to 64 px", extract_features(bicubic(base_samples), extractor),
+            {**score(f"base samples{guided}, bicubic to 64 px", extract_features(bicubic(base_samples), extractor),
                      real["ref"]), "seconds_per_image": base_seconds}]
     def through_upsampler(uint8: torch.Tensor, level: int) -> tuple[torch.Tensor, float]:
         """The upsampler's images of ``uint8`` at noise level ``level``, and its seconds per image."""
         t0, out = time.perf_counter(), []
         for i in range(0, len(uint8), 250):
-            out.append(to_uint8(upsample(sr, sr_schedule, to_model_range(uint8[i:i + 250]), steps=args.sr_steps,
+            out.append(to_uint8(upsample(sr, sr_schedule, to_model_range(uint8[i:i + 250]), sampler=args.sr_sampler,
+                                         steps=args.sr_steps, **({"eta": args.sr_eta} if args.sr_sampler == "ddim" else {}),
                                          aug_level=level, generator=torch.Generator().manual_seed(i),
                                          progress=False)))
         return torch.cat(out), (time.perf_counter() - t0) / len(uint8)
@@ -125,11 +143,11 @@ def cascade(base, schedule, args) -> None:
         generated, sr_seconds = through_upsampler(base_samples, level)
         if args.grid and level == levels[0]:
             save_grid(generated[:64], args.grid, nrow=8)
-        rows.append({**score(f"cascade, s = {level}", extract_features(generated, extractor), real["ref"]),
+        rows.append({**score(f"cascade{guided}, s = {level}", extract_features(generated, extractor), real["ref"]),
                      "aug_level": level, "seconds_per_image": base_seconds + sr_seconds})
     print(f"{args.n} samples of {args.pretrained or args.checkpoint} (DPM-Solver++ 20 steps) → {size} px vs "
           f"{args.n_ref} real {size} px images, InceptionV3 features; upsampler {args.upscale} "
-          f"(DPM-Solver++ {args.sr_steps} steps); torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"({args.sr_sampler} {args.sr_steps} steps{f', η = {args.sr_eta:g}' if args.sr_sampler == 'ddim' else ''}); torch {torch.__version__}, {torch.get_num_threads()} threads")
     for row in rows:
         cost = f"   {row['seconds_per_image']:.3f} s/image" if "seconds_per_image" in row else ""
         print(f"{row['name']:<58s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}{cost}")
