@@ -196,7 +196,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
            t_start: int | None = None, after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
            # where and how it runs
            device=None, bf16: bool = True, progress: bool = True,
-           _recorder: "_TrajectoryRecorder | None" = None) -> torch.Tensor:
+           _recorder: "_TrajectoryRecorder | None" = None) -> torch.Tensor:  # _recorder: sample_trajectory's
     """Generate ``n`` images with the chosen sampler. Returns images (n, C, H, W) in [-1, 1].
 
     For the intermediate states as well (an animation, the denoising slider), call
