@@ -9,8 +9,7 @@ The settings (``--settings``; ``sampler-steps``, comma-separated):
 - ``ddpm-1000``: Ho et al.'s ancestral sampler, one call per timestep (the reference);
 - ``ddpm-250``: the same ancestral sampler on 250 evenly respaced timesteps (Nichol & Dhariwal 2021),
   which is DDIM with η = 1;
-- ``ddim-K`` (η = 0) and ``dpmpp-K`` (DPM-Solver++(2M)) at K = 5, 10, 20, 50 calls;
-- ``dpmpp_logsnr-K``: DPM-Solver++(2M) with its timesteps uniform in log-SNR instead of trailing.
+- ``ddim-K`` (η = 0) and ``dpmpp-K`` (DPM-Solver++(2M)) at K = 5, 10, 20, 50 calls.
 
 Every setting samples the same seeds (batch b of 250 starts from seed b), so differences come from
 the sampler, not from luck. ``--n`` samples per setting (``--n-ddpm1000`` for the 1000-call
@@ -54,9 +53,7 @@ def sampler_options(setting: str, n_steps: int) -> dict:
         return {"sampler": "ddpm"} if steps == n_steps else {"sampler": "ddim", "steps": steps, "eta": 1.0}
     if name in ("ddim", "dpmpp"):
         return {"sampler": name, "steps": steps}
-    if name == "dpmpp_logsnr":
-        return {"sampler": "dpmpp", "steps": steps, "spacing": "logsnr"}
-    raise SystemExit(f"error: unknown setting {setting!r}; use ddpm-K, ddim-K, dpmpp-K or dpmpp_logsnr-K")
+    raise SystemExit(f"error: unknown setting {setting!r}; use ddpm-K, ddim-K or dpmpp-K")
 
 
 def draw(model, schedule, options: dict, n: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ from .guidance import GuidedModel, check_guidance_scale, class_ids
 from .pixels import to_uint8
 from .schedule import NoiseSchedule, at_timesteps
 
-SPACINGS = ("trailing", "leading", "linspace", "logsnr")
+SPACINGS = ("trailing", "leading", "linspace")
 
 
 @dataclass
@@ -60,15 +60,11 @@ class Trajectory:
         return len(self.timesteps)
 
 
-def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing",
-                  alpha_bars: torch.Tensor | None = None) -> list[int]:
+def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[int]:
     """The code timesteps (in [0, T-1], descending) that a ``steps``-call sampler visits.
 
     ``trailing`` (default) starts at T−1; ``leading`` is DDIM's original 0, T/steps, …;
-    ``linspace`` spreads from T−1 to 0 inclusive; ``logsnr`` (needs the schedule's first
-    ``n_steps`` ``alpha_bars``) spaces them evenly in log-SNR λ = log(αₜ/σₜ) from T−1 to 0, the
-    spacing DPM-Solver recommends for low-resolution pixel models (Lu et al. 2022, §3.3; diffusers'
-    ``use_lu_lambdas``). ``steps == n_steps`` gives every timestep.
+    ``linspace`` spreads from T−1 to 0 inclusive. ``steps == n_steps`` gives every timestep.
     """
     if not 1 <= steps <= n_steps:
         raise ConfigError(f"steps must be in [1, {n_steps}]; got {steps}")
@@ -79,28 +75,9 @@ def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing",
         ts = (np.arange(0, steps) * (n_steps // steps))[::-1]
     elif spacing == "linspace":
         ts = np.round(np.linspace(n_steps - 1, 0, steps)).astype(int)
-    elif spacing == "logsnr":
-        ts = _logsnr_timesteps(alpha_bars, n_steps, steps)
     else:
         raise ConfigError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
     return [int(t) for t in ts]
-
-
-def _logsnr_timesteps(alpha_bars: torch.Tensor | None, n_steps: int, steps: int) -> np.ndarray:
-    """``steps`` timesteps evenly spaced in λ from λ(T−1) to λ(0), each the t whose λ it is
-    (interpolated between the integer timesteps, then rounded), and never one twice (diffusers'
-    ``use_lu_lambdas`` gives the same list but may repeat a t near 0)."""
-    if alpha_bars is None or len(alpha_bars) < n_steps:
-        raise ConfigError("spacing='logsnr' needs the schedule's alpha_bars")
-    a = alpha_bars[:n_steps].double().numpy()
-    lam = 0.5 * np.log(a / (1 - a))  # λₜ = log(αₜ/σₜ), falling as t grows
-    targets = np.linspace(lam[-1], lam[0], steps)  # from the noisiest step to the cleanest
-    ts = np.round(np.interp(targets, lam[::-1], np.arange(n_steps)[::-1])).astype(int)
-    for i in range(steps - 2, -1, -1):  # rounding can repeat a t near 0 (a step of length 0): move it up
-        ts[i] = max(ts[i], ts[i + 1] + 1)
-    if ts[0] > n_steps - 1:
-        raise ConfigError(f"{steps} log-SNR steps do not fit in {n_steps} timesteps; use fewer steps")
-    return ts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +220,7 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
     n, steps, t_start, ids = check_sampling_options(model, schedule, n, sampler=sampler, steps=steps, eta=eta,
                                                     classes=classes, guidance_scale=guidance_scale, t_start=t_start)
     # Spread the steps over the t_start + 1 timesteps [0, t_start] (all T of them by default).
-    ts = timesteps_for(t_start + 1, steps, spacing if sampler != "ddpm" else "trailing", schedule.alpha_bars)
+    ts = timesteps_for(t_start + 1, steps, spacing if sampler != "ddpm" else "trailing")
     if ids is not None:
         model = GuidedModel(model, ids, 1.0 if guidance_scale is None else guidance_scale)
     device = torch.device(device) if device is not None else next(model.parameters()).device

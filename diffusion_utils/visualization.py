@@ -328,8 +328,7 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_ki
     return fig
 
 
-SAMPLER_NAMES = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)", "dpmpp_logsnr": "DPM-Solver++(2M), log-SNR steps",
-                 "ddpm": "DDPM ancestral (1000 steps; 250 respaced)"}
+SAMPLER_NAMES = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)", "ddpm": "DDPM ancestral (1000 steps; 250 respaced)"}
 
 
 def plot_sampler_curve(table: dict, path: str | os.PathLike | None = None) -> Figure:

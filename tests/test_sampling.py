@@ -171,43 +171,6 @@ def test_trailing_spacing_examples():
     assert timesteps_for(1000, 4) == [999, 749, 499, 249]
 
 
-# diffusers 0.42.1, DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-# use_lu_lambdas=True).set_timesteps(steps).timesteps: the reference for log-SNR spacing.
-DIFFUSERS_LU_LAMBDAS = {
-    5: [999, 722, 302, 30, 0],
-    10: [999, 886, 757, 603, 410, 202, 73, 22, 5, 0],
-    20: [999, 947, 893, 834, 772, 704, 629, 546, 454, 353, 253, 166, 103, 61, 35, 19, 10, 4, 1, 0],
-}
-
-
-@pytest.mark.parametrize("steps", sorted(DIFFUSERS_LU_LAMBDAS))
-def test_logsnr_spacing_matches_diffusers(steps):
-    alpha_bars = NoiseSchedule.linear(1000, 1e-4, 0.02).alpha_bars
-    assert timesteps_for(1000, steps, "logsnr", alpha_bars) == DIFFUSERS_LU_LAMBDAS[steps]
-
-
-def test_logsnr_spacing_is_even_in_log_snr_and_never_repeats_a_step():
-    """Away from rounding, consecutive λ differ by the same amount; at 50 steps, where diffusers
-    repeats t = 1, every t is distinct; without the schedule the spacing is refused."""
-    alpha_bars = NoiseSchedule.linear(1000, 1e-4, 0.02).alpha_bars.double()
-    ts = timesteps_for(1000, 10, "logsnr", alpha_bars)
-    lam = (0.5 * torch.log(alpha_bars / (1 - alpha_bars)))[ts]
-    gaps = lam[1:] - lam[:-1]
-    assert torch.allclose(gaps[:6], gaps[:6].mean().expand(6), rtol=0.03)  # rounding matters only near t = 0
-    ts50 = timesteps_for(1000, 50, "logsnr", alpha_bars)
-    assert len(ts50) == 50 and ts50[0] == 999 and ts50[-1] == 0 and all(a > b for a, b in zip(ts50, ts50[1:]))
-    with pytest.raises(ConfigError, match="alpha_bars"):
-        timesteps_for(1000, 10, "logsnr")
-
-
-def test_dpmpp_samples_with_logsnr_spacing(model16, schedule20):
-    """sample(spacing="logsnr") visits the log-SNR timesteps (over [0, t_start] too)."""
-    traj = sample_trajectory(model16, schedule20, 1, sampler="dpmpp", steps=5, spacing="logsnr", generator=_gen(0),
-                             progress=False)
-    assert traj.timesteps == [t + 1 for t in timesteps_for(20, 5, "logsnr", schedule20.alpha_bars)] + [0]
-    assert traj.images.abs().max() <= 1
-
-
 def test_leading_and_linspace_spacing():
     """Leading spacing (DDIM's original) does not start at T−1; linspace runs T−1 … 0."""
     lead = timesteps_for(1000, 10, "leading")
