@@ -22,6 +22,15 @@ from .pixels import to_uint8
 from .sampling import Trajectory
 
 
+def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    """Lay ``fig`` out, save it as a PNG at ``path`` (its folder made) if given, and return it."""
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
     """A batch (N, 3, H, W) — uint8, or float in [-1, 1] — as one uint8 HWC grid image."""
     if images.dtype != torch.uint8:
@@ -105,11 +114,7 @@ def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Train
     ax = fig.add_subplot()
     draw_loss(ax, losses, label)
     ax.set_title(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_epoch_table(epoch_grids: dict[int, torch.Tensor], path: str | os.PathLike | None = None,
@@ -125,11 +130,7 @@ def plot_epoch_table(epoch_grids: dict[int, torch.Tensor], path: str | os.PathLi
         ax.set_title(f"Epoch {epoch}")
         ax.axis("off")
     fig.suptitle("Samples from fixed noise as training proceeds")
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def trajectory_grids(trajectory: Trajectory, max_images: int = 16, nrow: int | None = None,
@@ -246,10 +247,7 @@ def plot_schedules(schedules: dict, path: str | os.PathLike | None = None) -> Fi
     for ax in (ax_ab, ax_snr):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], size: float = 1.3) -> Figure:
@@ -280,10 +278,7 @@ def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None 
     ax.set_ylabel("timestep t")
     ax.set_title("Sinusoidal time embedding")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_kid=None) -> Figure:
@@ -322,10 +317,7 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_ki
         ax.set_xlabel("network calls per image")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 SAMPLER_NAMES = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)", "ddpm": "DDPM ancestral (1000 steps; 250 respaced)"}
@@ -355,10 +347,7 @@ def plot_sampler_curve(table: dict, path: str | os.PathLike | None = None) -> Fi
            title=f"{table.get('weights', 'model')}: quality against sampling cost, {table.get('img_size', '?')} px")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
 
 
 def plot_unet(model, path: str | os.PathLike | None = None) -> Figure:
@@ -416,7 +405,4 @@ def plot_unet(model, path: str | os.PathLike | None = None) -> Figure:
     ax.set_ylim(y_mid - 1.0, ys[0] + 1.0)
     ax.axis("off")
     ax.set_title(f"The UNet, drawn from the model: {n} levels, {sum(p.numel() for p in model.parameters()):,} parameters")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path)
