@@ -56,8 +56,7 @@ def show_images(images: torch.Tensor, title: str = "", nrow: int | None = None,
     ax.imshow(grid_image(images, nrow), interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, None)
 
 
 def save_large_sample(image: torch.Tensor, path: str | os.PathLike, title: str = "") -> Path:
@@ -67,11 +66,8 @@ def save_large_sample(image: torch.Tensor, path: str | os.PathLike, title: str =
     ax.imshow(grid_image(image[None], padding=0), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    _finish(fig, path)
+    return Path(path)
 
 
 def smooth(values, weight: float = 0.98) -> np.ndarray:
@@ -264,8 +260,7 @@ def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], siz
                 ax.set_title(column_titles[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, None)
 
 
 def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None = None) -> Figure:
