@@ -23,17 +23,18 @@ from .config import TrainConfig
 from .errors import CheckpointError, ConfigError, short_reason
 from .files import atomic_write
 from .model import UNet
-from .schedule import NoiseSchedule
+from .schedule import schedule_for
 
 CHECKPOINT_NAME = "diffusion_unet_pixels.pth"  # the original project's file name
 FORMAT = "diffusion_utils/1"
 # Fields that fix the network's shape or the meaning of its input t and of its output: a
 # checkpoint is useless without them. (A checkpoint saved before ``prediction`` or
 # ``num_classes`` existed has neither and loads as "eps" and 0 — what it was trained with; one saved
-# before upsamplers existed loads as task "generate" with middle attention.)
+# before upsamplers existed loads as task "generate" with middle attention; one saved before flow
+# matching existed loads as objective "diffusion".)
 ARCHITECTURE_FIELDS = ("img_size", "n_steps", "schedule", "beta_start", "beta_end", "base_channels",
                        "channel_mults", "num_res_blocks", "attention_levels", "time_emb_dim", "prediction",
-                       "num_classes", "task", "mid_attention", "upsample_mode")
+                       "num_classes", "task", "mid_attention", "upsample_mode", "objective")
 
 
 def ema_weights(state: dict) -> dict:
@@ -203,4 +204,4 @@ def load_model(path: str | os.PathLike, device="cpu", use_ema: bool = True):
         weights = ema_weights(state)
     model.load_state_dict(weights)  # load_checkpoint checked that they fit
     model.to(device).eval()
-    return model, NoiseSchedule.from_config(config), config
+    return model, schedule_for(config), config

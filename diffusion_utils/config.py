@@ -26,12 +26,14 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError
+from .flow import FLOW_T, OBJECTIVES, check_flow_options
 from .schedule import LOSS_WEIGHTINGS, PREDICTIONS
 
 PRESET_ENV = "DIFFUSION_PRESET"
 DATA_ENV = "DIFFUSION_DATA"
 EPOCHS_ENV = "DIFFUSION_EPOCHS"
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+SAMPLERS = ("ddpm", "ddim", "dpmpp", "euler", "heun")  # the first three diffusion's, the last two flow's
+FLOW_SAMPLERS = ("euler", "heun")
 SCHEDULES = ("linear", "cosine")
 LR_DECAYS = ("none", "cosine")
 TASKS = ("generate", "sr")
@@ -63,6 +65,17 @@ class TrainConfig:
     schedule: str = "linear"  # "linear" (Ho et al.) or "cosine" (Nichol & Dhariwal 2021)
     beta_start: float = 1e-4  # β₁ of the linear schedule
     beta_end: float = 0.02  # β_T of the linear schedule
+
+    # --- what the network learns ------------------------------------------------------------
+    # "diffusion": DDPM's noising (diffusion_utils.loss), the original design. "flow": flow
+    # matching on the straight path xₜ = (1 − t)x₀ + tε, t ∈ [0, 1] (diffusion_utils.flow); the
+    # network predicts the velocity ε − x₀, and the diffusion fields below (schedule, prediction,
+    # loss_weighting) play no part.
+    objective: str = "diffusion"
+    flow_t: str = "logit_normal"  # flow: t ~ "uniform" (Liu et al. 2023) or "logit_normal" (Esser et al. 2024)
+    flow_logit_mean: float = 0.0  # flow, logit-normal t = sigmoid(m + s·n): its m
+    flow_logit_std: float = 1.0  # ... and its s (SD3's 0 and 1)
+    flow_shift: float = 1.0  # flow: SD3's time shift of the sampling grid (1: an even grid)
 
     # --- what the network predicts and how the loss weighs it (see diffusion_utils.loss) -----
     prediction: str = "eps"  # "eps" (Ho et al.) or "v" (Salimans & Ho 2022)
@@ -124,7 +137,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU
     sample_every: int = 30  # save a sample grid every this many epochs (the "Epoch 30…" table)
     sample_grid_n: int = 16  # images in each of those grids
-    sampler: str = "ddpm"  # sampler for grids and the sample command: "ddpm", "ddim", "dpmpp"
+    sampler: str = "ddpm"  # for grids and the sample command: "ddpm", "ddim", "dpmpp"; a flow model "euler", "heun"
     sample_steps: int | None = None  # network calls per sample (None: n_steps for ddpm, 50 else)
 
     def __post_init__(self) -> None:
@@ -148,6 +161,7 @@ class TrainConfig:
         self._need(0 <= self.seed <= MAX_SEED, "seed", f"an integer in [0, {MAX_SEED}]")
         self._need(is_device_name(self.device), "device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         self._need(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
+        self._check_objective()
         if self.sample_steps is not None:
             check_sampler_steps(self.sampler, self.sample_steps, self.n_steps, "sample_steps")
 
@@ -202,6 +216,20 @@ class TrainConfig:
             need(self.task == "sr", "crop_size", "None unless task='sr' (only an upsampler trains on crops)")
             need(self.crop_size % (2 ** halvings) == 0 and 0 < self.crop_size <= self.img_size, "crop_size",
                  f"None or a multiple of {2 ** halvings} in [{2 ** halvings}, img_size={self.img_size}]")
+
+    def _check_objective(self) -> None:
+        """The objective, the flow's own fields, and a sampler that fits the objective."""
+        self._need(self.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}")
+        self._need(self.flow_t in FLOW_T, "flow_t", f"one of {FLOW_T}")
+        self._need(self.flow_logit_std > 0, "flow_logit_std", "a positive number")
+        self._need(self.flow_shift > 0, "flow_shift", "a positive number (1: no shift)")
+        check_flow_options(self.flow_t, self.flow_logit_std, self.flow_shift)
+        flow = self.objective == "flow"
+        if flow:
+            self._need(self.task == "generate", "task", "'generate' for a flow model (the upsampler is a diffusion model)")
+        if flow != (self.sampler in FLOW_SAMPLERS):
+            fits = "'euler' or 'heun'" if flow else "'ddpm', 'ddim' or 'dpmpp'"
+            raise ConfigError(f"sampler {self.sampler!r} does not sample a {self.objective} model; use {fits}")
 
     def _check_loss_and_labels(self) -> None:
         need = self._need
@@ -259,6 +287,9 @@ class TrainConfig:
             raise ConfigError(f"preset must be one of {tuple(PRESETS)}; got {name!r}")
         values = {**PRESETS[name], **overrides}
         _check_field_names(values)
+        if values.get("objective") == "flow" and values.get("sampler", "ddpm") not in FLOW_SAMPLERS \
+                and "sampler" not in overrides:
+            values["sampler"] = "euler"  # a diffusion preset turned flow samples its grids with Euler
         return cls(**values)
 
     @classmethod
@@ -423,6 +454,51 @@ PRESETS: dict[str, dict] = {
         sample_grid_n=16,
         sampler="ddim",
         sample_steps=50,
+    ),
+    # The quick preset's network, data and budget with the flow objective (diffusion_utils.flow):
+    # the side-by-side comparison of docs/flow_vs_diffusion.json trains both on equal terms.
+    # Logit-normal t (Esser et al. 2024, SD3's m = 0, s = 1); Euler with 20 steps for the grids.
+    "quick-flow": dict(
+        img_size=32,
+        max_images=2048,
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(2,),
+        dropout=0.0,
+        num_epochs=10,
+        batch_size=16,
+        lr=2e-3,
+        objective="flow",
+        flow_t="logit_normal",
+        lr_warmup_steps=100,
+        ema_decay=0.99,
+        sample_every=2,
+        sample_grid_n=16,
+        sampler="euler",
+        sample_steps=20,
+    ),
+    # The shipped flowers32-flow: flowers32's network and training settings (its card: batch 64,
+    # lr 1e-3, EMA up to 0.9995, every Flowers102 photo, class labels dropped with p = 0.1) with the
+    # flow objective; 60 epochs of 8 189 photos are the 480 000 images flowers32 saw.
+    "flowers32-flow": dict(
+        img_size=32,
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(2,),
+        dropout=0.0,
+        num_epochs=60,
+        batch_size=64,
+        lr=1e-3,
+        objective="flow",
+        flow_t="logit_normal",
+        lr_warmup_steps=100,
+        ema_decay=0.9995,
+        sample_every=10,
+        sample_grid_n=16,
+        sampler="euler",
+        sample_steps=20,
     ),
     # The upsampler of the cascade: 32 px → 64 px (diffusion_utils.superres), trained on a CPU.
     # A 32 px model's cost per image: it trains on 32 × 32 crops of the 64 px photos and samples

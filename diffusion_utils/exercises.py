@@ -53,7 +53,8 @@ from .editing import sdedit, start_timestep
 from .errors import ConfigError, short_reason
 from .guidance import GuidedModel
 from .model import ResidualBlock, sinusoidal_embedding
-from .sampling import _ddim_step, _dpmpp_2m_step, p_sample
+from .samplers import DDIM, DPMSolverPP
+from .sampling import p_sample
 from .schedule import NoiseSchedule
 from .superres import noised_condition
 from .training import TrainState, make_ema, train_step
@@ -695,7 +696,7 @@ class DdimStep(Exercise):
         schedule = ctx["schedule"]
 
         def ddim_step(x, t, s, x0, eps):  # the package computes x̂₀ from ε̂ itself (the same clipped x̂₀)
-            return _ddim_step(_FixedOutput(eps), schedule, x, t, s, 0.0, True, False, None)[0]
+            return DDIM(schedule, "eps", clip_x0=True).step(x, t, s, eps)[0]
         return ddim_step
 
     def mistakes(self, ctx):
@@ -750,9 +751,7 @@ class DpmppStep(Exercise):
         schedule = ctx["schedule"]
 
         def dpmpp_step(x, t, s, x0, x0_prev, t_prev):
-            a = _alpha_bar_at(schedule, t)
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()  # the ε̂ whose x̂₀ is the given one
-            return _dpmpp_2m_step(_FixedOutput(eps), schedule, x, t, s, x0_prev, t_prev, True, False)[0]
+            return DPMSolverPP(schedule).update(x, t, s, x0, x0_prev, t_prev)
         return dpmpp_step
 
     def mistakes(self, ctx):

@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import check_halvable
 from .errors import ConfigError
+from .flow import OBJECTIVES, TIME_SCALE
 from .schedule import check_prediction
 
 
@@ -188,6 +189,9 @@ class UNet(nn.Module):
             divisible by ``2 ** (len(channel_mults) - 1)``). Forward works at any such size.
         prediction: what the output means — ``"eps"`` (the noise ε) or ``"v"`` (Salimans & Ho's
             v = √ᾱ ε − √(1−ᾱ) x₀). It changes no weight; the loss and the samplers read it.
+        objective: ``"diffusion"`` (t an integer step in [0, T−1]) or ``"flow"``
+            (:mod:`~diffusion_utils.flow`: t ∈ [0, 1], fed to the time embedding as 1000·t, and
+            the output is the velocity û = ε̂ − x̂₀). It changes no weight.
         num_classes: 0 for an unconditional model; else a class embedding with
             ``num_classes + 1`` rows (the last is the "no class" token ∅) is added to the time
             embedding (Ho & Salimans 2022).
@@ -201,7 +205,7 @@ class UNet(nn.Module):
             interpolated to ``img_size``, and the noise level s it samples at (no weights).
 
     ``forward(x, t, y=None, cond=None, cond_t=None)``: x (B, C, H, W) float, t (B,) int64 in
-    [0, T-1], y (B,) int64 class ids in [0, num_classes] (num_classes = ∅; None: all ∅), or
+    [0, T-1] (a flow model: float in [0, 1]), y (B,) int64 class ids in [0, num_classes] (num_classes = ∅; None: all ∅), or
     (B, num_classes + 1) float weights that mix the class embeddings (see :meth:`embed_classes`);
     for an upsampler cond (B, cond_channels, H, W) and cond_t (B,) int64 → ε̂ (or v̂) of x's shape.
     """
@@ -212,9 +216,13 @@ class UNet(nn.Module):
                  dropout: float = 0.0, img_size: int = 64, prediction: str = "eps",
                  num_classes: int = 0, class_names: tuple[str, ...] = (), mid_attention: bool = True,
                  cond_channels: int = 0, low_res_size: int = 0, upsample_mode: str = "bicubic",
-                 cond_aug_level: int = 0):
+                 cond_aug_level: int = 0, objective: str = "diffusion"):
         super().__init__()
         check_prediction(prediction)
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+        self.objective = objective
+        self.time_scale = TIME_SCALE if objective == "flow" else 1.0  # what the time embedding sees: 1000·t
         self.in_channels = in_channels
         self.cond_channels = cond_channels
         self.low_res_size, self.upsample_mode, self.cond_aug_level = low_res_size, upsample_mode, cond_aug_level
@@ -269,7 +277,7 @@ class UNet(nn.Module):
             raise ConfigError(f"image height and width must be divisible by {self.min_divisor}; "
                               f"got {tuple(x.shape[-2:])}")
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        t_emb = self.time_embedding(t)
+        t_emb = self.time_embedding(t * self.time_scale if self.objective == "flow" else t)
         if self.cond_channels:
             if cond is None or cond_t is None:
                 raise ConfigError("this model is an upsampler: it needs the low-resolution condition; "
@@ -309,7 +317,8 @@ class UNet(nn.Module):
                    class_names=config.class_names, mid_attention=config.mid_attention,
                    cond_channels=3 if config.task == "sr" else 0,
                    low_res_size=config.low_res_size if config.task == "sr" else 0,
-                   upsample_mode=config.upsample_mode, cond_aug_level=config.cond_aug_level)
+                   upsample_mode=config.upsample_mode, cond_aug_level=config.cond_aug_level,
+                   objective=config.objective)
 
 
 class LevelBlock(nn.Module):

@@ -36,7 +36,7 @@ from .data import dataset_name
 from .errors import CheckpointError, ConfigError
 from .files import atomic_write, check_output_folder
 from .model import UNet
-from .schedule import NoiseSchedule
+from .schedule import schedule_for
 
 PRETRAINED_FORMAT = "diffusion_utils/pretrained/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: weights/NAME.pt + NAME.md
@@ -114,7 +114,7 @@ def load_pretrained(name: str | os.PathLike = "flowers32", device="cpu"):
     """A shipped pretrained model, or one exported to a file: returns ``(model, schedule, config)``.
 
     The same shape as :func:`~diffusion_utils.load_model`: a :class:`UNet` in eval mode with the
-    float16 weights cast to float32, on ``device``; its :class:`NoiseSchedule`; its
+    float16 weights cast to float32, on ``device``; its :class:`NoiseSchedule` (a flow model: its FlowPath); its
     :class:`TrainConfig`. The model card's facts are also attached as ``model.card`` (see
     :func:`pretrained_card`).
 
@@ -129,7 +129,7 @@ def load_pretrained(name: str | os.PathLike = "flowers32", device="cpu"):
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()})
     model.card = state["card"]
     model.to(device).eval()
-    return model, NoiseSchedule.from_config(config), config
+    return model, schedule_for(config), config
 
 
 def pretrained_card(name: str | os.PathLike = "flowers32") -> dict:

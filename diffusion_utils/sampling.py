@@ -1,22 +1,15 @@
-"""The reverse process: turning noise into images with a trained network (ε- or v-prediction).
+"""The reverse process: turning noise into images with a trained network, through one loop.
 
-Three samplers share one entry point, :func:`sample`, and one trained model:
+:func:`sample` runs any sampler of :mod:`~diffusion_utils.samplers` — ``"ddpm"`` (Ho et al.
+2020, Algorithm 2: T ancestral steps, the reference), ``"ddim"`` (Song et al. 2021), ``"dpmpp"``
+(DPM-Solver++(2M), Lu et al. 2022) for a diffusion model, ``"euler"`` and ``"heun"`` for a flow
+model (:mod:`~diffusion_utils.flow`) — the same way:
 
-- ``"ddpm"`` — Ho et al. 2020, Algorithm 2: T ancestral steps of p(xₜ₋₁ | xₜ), one network call
-  each (1000 calls per image with the default schedule). The reference everything is judged by.
-- ``"ddim"`` — Song et al. 2021: a non-Markovian process with the same marginals q(xₜ | x₀), so
-  the same network can jump across many timesteps at once. ``eta=0`` is deterministic given the
-  starting noise; ``eta=1`` with all T steps is exactly the DDPM sampler.
-- ``"dpmpp"`` — DPM-Solver++(2M), Lu et al. 2022: a second-order multistep solver of the
-  diffusion ODE in the data-prediction (x̂₀) form; good samples in 15–25 calls.
+    x ← x_T ~ N(0, I)
+    for each t in sampler.timesteps(steps):
+        x, x̂₀ ← sampler.step(x, t, t_next, network(x, t))
 
-Timestep spacing. A fast sampler visits ``steps`` of the T timesteps. We use *trailing* spacing
-(Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2):
-tᵢ = round(T − i·T/steps) − 1, which always starts at the last timestep T−1. At the first sampling
-step the noisy image is pure noise, so the network must be asked about the timestep whose
-marginal actually is (almost) pure noise. "Leading" spacing (0, T/steps, 2T/steps, …) never visits
-T−1 — with 10 steps it starts at t = 900, where the network expects some image to remain — which
-is a known source of washed-out, low-contrast samples with few steps.
+:func:`sample_trajectory` keeps the way there (the GIF, the denoising slider).
 """
 
 from __future__ import annotations
@@ -30,11 +23,11 @@ from tqdm.auto import tqdm
 
 from .config import as_int, bf16_available, check_sampler_steps
 from .errors import ConfigError
+from .flow import FlowPath
 from .guidance import GuidedModel, check_guidance_scale, class_ids
 from .pixels import to_uint8
-from .schedule import NoiseSchedule, at_timesteps
-
-SPACINGS = ("trailing", "leading", "linspace")
+from .samplers import DDPM, DIFFUSION_SAMPLERS, FLOW_SAMPLERS, SPACINGS, make_sampler, timesteps_for
+from .schedule import NoiseSchedule
 
 
 @dataclass
@@ -42,7 +35,8 @@ class Trajectory:
     """Intermediate states of one sampling run, for animations and the denoising slider.
 
     Attributes:
-        timesteps: the paper's t of each frame, from T (pure noise) down to 0 (the final sample).
+        timesteps: the paper's t of each frame, from T (pure noise) down to 0 (the final sample);
+            for a flow model the time t ∈ [0, 1] itself, from 1 down to 0.
         frames: uint8 tensor (F, N, C, H, W) — the noisy images xₜ, on the CPU.
         x0_frames: uint8 tensor (F, N, C, H, W) — the network's guess x̂₀ of the clean image at
             each frame (for the last frame, the sample itself).
@@ -51,7 +45,7 @@ class Trajectory:
     :func:`sample_trajectory` makes one.
     """
 
-    timesteps: list[int]
+    timesteps: list
     frames: torch.Tensor
     x0_frames: torch.Tensor
     images: torch.Tensor | None = None
@@ -60,97 +54,74 @@ class Trajectory:
         return len(self.timesteps)
 
 
-def timesteps_for(n_steps: int, steps: int, spacing: str = "trailing") -> list[int]:
-    """The code timesteps (in [0, T-1], descending) that a ``steps``-call sampler visits.
-
-    ``trailing`` (default) starts at T−1; ``leading`` is DDIM's original 0, T/steps, …;
-    ``linspace`` spreads from T−1 to 0 inclusive. ``steps == n_steps`` gives every timestep.
-    """
-    if not 1 <= steps <= n_steps:
-        raise ConfigError(f"steps must be in [1, {n_steps}]; got {steps}")
-    if spacing == "trailing":
-        # [:steps]: with a float step, arange can yield one extra element near 0 (then t = −1).
-        ts = np.round(np.arange(n_steps, 0, -n_steps / steps)[:steps]).astype(int) - 1
-    elif spacing == "leading":
-        ts = (np.arange(0, steps) * (n_steps // steps))[::-1]
-    elif spacing == "linspace":
-        ts = np.round(np.linspace(n_steps - 1, 0, steps)).astype(int)
-    else:
-        raise ConfigError(f"spacing must be one of {SPACINGS}; got {spacing!r}")
-    return [int(t) for t in ts]
-
-
-# ---------------------------------------------------------------------------------------------
-# One DDPM step
-# ---------------------------------------------------------------------------------------------
 def predict_eps_x0(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor,
                    bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the network once and return (ε̂, x̂₀), both float32 of x_t's shape.
+    """Run a diffusion network once and return (ε̂, x̂₀), both float32 of x_t's shape.
 
     Whatever the network was trained to output (``model.prediction``: ``"eps"`` or ``"v"``), the
     schedule's :meth:`~NoiseSchedule.eps_and_x0` turns it into the noise estimate ε̂ and the clean
-    image estimate x̂₀, so no sampler needs to know. With ``bf16`` the network runs in bfloat16
-    autocast (on devices where :func:`bf16_available` says it pays off).
+    image estimate x̂₀. With ``bf16`` the network runs in bfloat16 autocast.
     """
     with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=bf16):
         output = model(x_t, t).float()
     return schedule.eps_and_x0(output, x_t, t, getattr(model, "prediction", "eps"))
 
 
+@torch.no_grad()
 def p_sample(model: torch.nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t,
              noise: torch.Tensor | None = None, clip_x0: bool = True) -> torch.Tensor:
     """One reverse step xₜ → xₜ₋₁ ~ p_θ(xₜ₋₁ | xₜ) = N(μ_θ, β̃ₜ I)   (Ho et al. Algorithm 2).
 
     x_t: (B, C, H, W); t: int or (B,) code timesteps in [0, T-1]; noise: z ~ N(0, I) of x_t's
     shape (drawn with ``torch.randn_like`` if None; ignored at t = 0, where no noise is added).
-
-    ``clip_x0=False``: Ho et al.'s ε form, μ_θ = (xₜ − βₜ/√(1−ᾱₜ) · ε̂) / √αₜ.
-    ``clip_x0=True``: predict x̂₀ = (xₜ − √(1−ᾱₜ) ε̂)/√ᾱₜ, clamp it to [-1, 1], and use the
-    posterior mean μ̃ₜ(xₜ, x̂₀). Without the clamp the two are the same number; with it, early
-    steps cannot produce values outside the data range, which gives cleaner samples.
+    ``clip_x0``: as :class:`~diffusion_utils.samplers.DDPM`.
     """
-    x_prev, _ = _ddpm_step(model, schedule, x_t, t, noise, clip_x0)
-    return x_prev
-
-
-@torch.no_grad()
-def _ddpm_step(model, schedule, x_t, t, noise, clip_x0, bf16=False):
-    """p_sample that also returns x̂₀, for trajectories."""
     t = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
-    eps, x0_hat = predict_eps_x0(model, schedule, x_t, t, bf16)
-    if clip_x0:
-        x0_hat = x0_hat.clamp(-1, 1)
-        mean = schedule.q_posterior_mean(x0_hat, x_t, t)
-    else:
-        beta = at_timesteps(schedule.betas, t, x_t)
-        noise_std = at_timesteps(schedule.sqrt_one_minus_alpha_bars, t, x_t)
-        mean = (x_t - beta / noise_std * eps) / at_timesteps(schedule.alphas, t, x_t).sqrt()  # Ho et al. eq. 11
-    if noise is None:
-        noise = torch.randn_like(x_t)
-    # σₜ² = β̃ₜ; β̃ is exactly 0 at t = 0, so the last step returns the mean without noise.
-    sigma = at_timesteps(schedule.posterior_variance, t, x_t).sqrt()
-    return mean + sigma * noise, x0_hat
+    output = model(x_t, t).float()
+    ddpm = DDPM(schedule, getattr(model, "prediction", "eps"), clip_x0)
+    return ddpm.step(x_t, t, t - 1, output, noise=noise)[0]
+
+
+def is_flow_model(model: torch.nn.Module) -> bool:
+    """True for a network trained with the flow objective (:mod:`~diffusion_utils.flow`)."""
+    return getattr(model, "objective", "diffusion") == "flow"
 
 
 # ---------------------------------------------------------------------------------------------
 # The sampling loop
 # ---------------------------------------------------------------------------------------------
-def check_sampling_options(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *,
+def check_sampling_options(model: torch.nn.Module, schedule, n: int, *,
                            sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                            classes=None, guidance_scale: float | None = None, t_start: int | None = None,
-                           names: dict[str, str] | None = None) -> tuple[int, int, int, torch.Tensor | None]:
+                           names: dict[str, str] | None = None) -> tuple[int, int, int | None, torch.Tensor | None]:
     """Check :func:`sample`'s options before any work; returns ``(n, steps, t_start, class_ids)``
     with the defaults filled in (``class_ids`` (n,) or None), or raises a one-line
     :class:`ConfigError`. ``names`` renames the options in the messages (the CLI passes its flags,
     e.g. ``{"eta": "--eta"}``), as :func:`~diffusion_utils.config.as_int` takes a name."""
-    name = {key: key for key in ("n", "steps", "eta", "classes", "guidance_scale", "t_start")} | (names or {})
+    name = {key: key for key in ("n", "steps", "eta", "classes", "guidance_scale", "t_start", "sampler")} | (names or {})
     n = as_int(name["n"], n, 1)
-    T = schedule.n_steps
-    if t_start is None:
-        t_start = T - 1
-    elif not isinstance(t_start, int) or not 0 <= t_start < T:
-        raise ConfigError(f"{name['t_start']} must be an integer code timestep in [0, {T - 1}]; got {t_start!r}")
-    steps = check_sampler_steps(sampler, steps, t_start + 1, name["steps"])  # ddpm: every one of t_start + 1
+    flow = is_flow_model(model)
+    if flow and sampler not in FLOW_SAMPLERS:
+        raise ConfigError(f"{name['sampler']} {sampler!r} is a diffusion sampler; this is a flow model: "
+                          f"use {' or '.join(FLOW_SAMPLERS)}")
+    if not flow and sampler in FLOW_SAMPLERS:
+        raise ConfigError(f"{name['sampler']} {sampler!r} samples flow models; this is a diffusion model: "
+                          f"use one of {DIFFUSION_SAMPLERS}")
+    if flow != isinstance(schedule, FlowPath):
+        raise ConfigError("the schedule does not match the model: a flow model samples with its FlowPath and a "
+                          "diffusion model with its NoiseSchedule (load_model and load_pretrained return the right one)")
+    if flow:
+        if t_start is not None:
+            raise ConfigError(f"{name['t_start']} (editing part-way down) is for diffusion models; "
+                              f"a flow model samples from pure noise")
+        steps = check_sampler_steps(sampler, steps, 1000, name["steps"])
+    else:
+        T = schedule.n_steps
+        if t_start is None:
+            t_start = T - 1
+        elif not isinstance(t_start, int) or not 0 <= t_start < T:
+            raise ConfigError(f"{name['t_start']} must be an integer code timestep in [0, {T - 1}]; got {t_start!r}")
+        steps = check_sampler_steps(sampler, steps, t_start + 1, name["steps"])  # ddpm: every one of t_start + 1
     if not 0.0 <= eta <= 1.0:
         raise ConfigError(f"{name['eta']} must be in [0, 1]; got {eta}")
     if guidance_scale is not None and classes is None:
@@ -161,7 +132,7 @@ def check_sampling_options(model: torch.nn.Module, schedule: NoiseSchedule, n: i
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size: int | None = None,
+def sample(model: torch.nn.Module, schedule, n: int, *, img_size: int | None = None,
            # the sampler and its knobs
            sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str = "trailing",
            clip_x0: bool = True,
@@ -172,25 +143,26 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
            # editing: start part-way down, change the state after each step
            t_start: int | None = None, after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
            # where and how it runs
-           device=None, bf16: bool = True, progress: bool = True,
-           _recorder: "_TrajectoryRecorder | None" = None) -> torch.Tensor:  # _recorder: sample_trajectory's
+           device=None, bf16: bool = True, progress: bool = True) -> torch.Tensor:
     """Generate ``n`` images with the chosen sampler. Returns images (n, C, H, W) in [-1, 1].
 
     For the intermediate states as well (an animation, the denoising slider), call
     :func:`sample_trajectory` with the same options.
 
     Args:
-        model: the trained ε_θ (put in eval mode here); its device is used unless ``device``.
-        schedule: the schedule it was trained with.
+        model: the trained network (put in eval mode here); its device is used unless ``device``.
+        schedule: what it was trained with: a :class:`NoiseSchedule` for a diffusion model, a
+            :class:`~diffusion_utils.flow.FlowPath` for a flow model.
         n: number of images.
         img_size: H = W of the images (default: ``model.img_size``).
 
-        sampler: ``"ddpm"`` (T ancestral steps), ``"ddim"`` or ``"dpmpp"``.
+        sampler: ``"ddpm"`` (T ancestral steps), ``"ddim"`` or ``"dpmpp"`` for a diffusion
+            model; ``"euler"`` or ``"heun"`` for a flow model (:mod:`~diffusion_utils.samplers`).
         steps: network calls per image (default: T for ddpm, 50 for the others). For ``ddpm`` it
             must be T (t_start + 1 with ``t_start``); the ancestral sampler cannot skip steps.
         eta: DDIM only: 0 = deterministic, 1 = DDPM-like noise.
-        spacing: which timesteps a fast sampler visits (see the module docstring).
-        clip_x0: clamp the predicted x̂₀ to [-1, 1] at every step.
+        spacing: which timesteps a fast diffusion sampler visits (:mod:`~diffusion_utils.samplers`).
+        clip_x0: diffusion samplers clamp the predicted x̂₀ to [-1, 1] at every step.
 
         generator: a CPU ``torch.Generator``; all randomness (the starting noise and every
             step's noise) is drawn from it on the CPU, so a seed gives the same images on any
@@ -201,26 +173,46 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
             an id) for all images, or one per image. None: unconditional samples (the "no class"
             token).
         guidance_scale: classifier-free guidance w (see :mod:`~diffusion_utils.guidance`):
-            ε̂ = ε_∅ + w (ε_c − ε_∅); 0 is unconditional, 1 (the default) plain conditional, > 1
-            more typical and less diverse. Needs ``classes``.
+            ε̂ = ε_∅ + w (ε_c − ε_∅) (the same mix of v or of the velocity); 0 is unconditional,
+            1 (the default) plain conditional, > 1 more typical and less diverse. Needs ``classes``.
 
-        t_start: start part-way down instead of at pure noise: ``x_T`` is then an image noised
-            to this code timestep (in [0, T−1]; default T−1, pure noise), and the ``steps``
-            timesteps are spread over [0, t_start] with the same spacing rule. ``ddpm`` takes all
-            t_start + 1 of them. SDEdit (:mod:`~diffusion_utils.editing`) starts here.
-        after_step: ``after_step(x, t)`` is called after every step with the new state and its
-            code timestep t (−1 for the final image) and returns the state to continue from.
-            Inpainting uses it to put the known pixels back; None changes nothing.
+        t_start: (diffusion) start part-way down instead of at pure noise: ``x_T`` is then an
+            image noised to this code timestep (in [0, T−1]; default T−1, pure noise), and the
+            ``steps`` timesteps are spread over [0, t_start] with the same spacing rule. ``ddpm``
+            takes all t_start + 1 of them. SDEdit (:mod:`~diffusion_utils.editing`) starts here.
+        after_step: ``after_step(x, t)`` is called after every step with the new state and the
+            time it reached (code timestep, −1 for the final image; for a flow model t, 0 at the
+            end) and returns the state to continue from. Inpainting uses it.
 
         device: where to run (default: the model's device).
         bf16: run the network in bfloat16 autocast on GPUs with native support (the update
             arithmetic stays float32).
         progress: show a tqdm progress bar.
     """
+    return _run(model, schedule, n, None, img_size=img_size, sampler=sampler, steps=steps, eta=eta,
+                spacing=spacing, clip_x0=clip_x0, generator=generator, x_T=x_T, classes=classes,
+                guidance_scale=guidance_scale, t_start=t_start, after_step=after_step, device=device,
+                bf16=bf16, progress=progress)
+
+
+def sample_trajectory(model: torch.nn.Module, schedule, n: int, *, frames: int | None = None,
+                      **options) -> "Trajectory":
+    """Sample like :func:`sample` (the same ``options``) and keep the way there: a
+    :class:`Trajectory` of ``frames`` evenly spaced states (default: every step), always the
+    first (pure noise) and the last, whose ``images`` are what :func:`sample` returns."""
+    recorder = _TrajectoryRecorder(frames)
+    with torch.no_grad():
+        images = _run(model, schedule, n, recorder, **options)
+    return recorder.result(images)
+
+
+def _run(model, schedule, n, recorder, *, img_size=None, sampler="ddpm", steps=None, eta=0.0, spacing="trailing",
+         clip_x0=True, generator=None, x_T=None, classes=None, guidance_scale=None, t_start=None,
+         after_step=None, device=None, bf16=True, progress=True) -> torch.Tensor:
+    """:func:`sample`'s loop; ``recorder`` (a :class:`_TrajectoryRecorder` or None) sees every state."""
     n, steps, t_start, ids = check_sampling_options(model, schedule, n, sampler=sampler, steps=steps, eta=eta,
                                                     classes=classes, guidance_scale=guidance_scale, t_start=t_start)
-    # Spread the steps over the t_start + 1 timesteps [0, t_start] (all T of them by default).
-    ts = timesteps_for(t_start + 1, steps, spacing if sampler != "ddpm" else "trailing")
+    prediction = getattr(model, "prediction", "eps")
     if ids is not None:
         model = GuidedModel(model, ids, 1.0 if guidance_scale is None else guidance_scale)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -232,115 +224,56 @@ def sample(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, img_size:
     elif tuple(x_T.shape) != shape:
         raise ConfigError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
 
-    def draw_noise() -> torch.Tensor:
+    def draw_noise() -> torch.Tensor:  # every step's noise from the CPU generator, so seeds agree across devices
         return torch.randn(shape, generator=generator).to(device)
 
+    solver = make_sampler(sampler, schedule, prediction, clip_x0=clip_x0, eta=eta, spacing=spacing, noise=draw_noise)
+    ts = solver.timesteps(steps, t_start)
+
+    def network(x, t):  # one call: (B,) int64 code timesteps for diffusion, float t ∈ [0, 1] for flow
+        t_batch = torch.full((n,), t, device=device, dtype=torch.float32 if isinstance(t, float) else torch.long)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x, t_batch).float()
+
+    if recorder is not None:
+        recorder.start(len(ts) + 1)
     was_training = model.training
     model.eval()
     try:
         x = x_T.to(device=device, dtype=torch.float32)
-        x0_prev = None  # DPM-Solver++'s previous data prediction
         for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
-            t_next = ts[i + 1] if i + 1 < len(ts) else -1  # -1 is the clean image (ᾱ = 1)
-            if sampler == "ddpm":
-                noise = draw_noise() if t > 0 else torch.zeros_like(x)  # β̃ at t = 0 is 0 anyway
-                x_new, x0_hat = _ddpm_step(model, schedule, x, torch.full((n,), t, device=device), noise,
-                                           clip_x0, bf16)
-            elif sampler == "ddim":
-                x_new, x0_hat = _ddim_step(model, schedule, x, t, t_next, eta, clip_x0, bf16, draw_noise)
-            else:
-                x_new, x0_hat = _dpmpp_2m_step(model, schedule, x, t, t_next, x0_prev,
-                                               ts[i - 1] if i > 0 else None, clip_x0, bf16)
-                x0_prev = x0_hat
+            t_next = ts[i + 1] if i + 1 < len(ts) else solver.end
+            output = network(x, t)
+            x_new, x0_hat = solver.step(x, t, t_next, output)
+            if solver.corrects(i):  # Heun: a second call at the end of the step
+                x_new = solver.correct(x, t, t_next, output, network(x_new, t_next))
             if after_step is not None:
                 x_new = after_step(x_new, t_next)
-            if _recorder is not None:
-                _recorder.add(t + 1, x, x0_hat)
+            if recorder is not None:
+                recorder.add(t + 1 if isinstance(t, int) else t, x, x0_hat)
             x = x_new
     finally:
         model.train(was_training)
-    return x.clamp(-1, 1)
-
-
-def sample_trajectory(model: torch.nn.Module, schedule: NoiseSchedule, n: int, *, frames: int | None = None,
-                      **options) -> "Trajectory":
-    """Sample like :func:`sample` (the same ``options``) and keep the way there: a
-    :class:`Trajectory` of ``frames`` evenly spaced states (default: every step), always the
-    first (pure noise) and the last, whose ``images`` are what :func:`sample` returns."""
-    n_calls = check_sampling_options(model, schedule, n, **{k: options[k] for k in (
-        "sampler", "steps", "t_start") if k in options})[1]
-    recorder = _TrajectoryRecorder(n_calls + 1, frames)
-    images = sample(model, schedule, n, _recorder=recorder, **options)
-    recorder.add(0, images, images)
-    return recorder.result(images)
-
-
-def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
-    """ᾱ at code step t as a Python float; ᾱ = 1 for t = -1 (the clean image)."""
-    return 1.0 if t < 0 else float(schedule.alpha_bars[t])
-
-
-def _x0_and_eps(model, schedule, x, t, clip_x0, bf16):
-    """ε̂ and x̂₀ from the network, x̂₀ clamped if asked, and then the ε̂ consistent with it."""
-    t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    eps, x0 = predict_eps_x0(model, schedule, x, t_batch, bf16)
-    a = _alpha_bar(schedule, t)
-    if clip_x0:
-        x0 = x0.clamp(-1, 1)
-        eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5  # the noise that x̂₀ implies
-    return x0, eps
-
-
-def _ddim_step(model, schedule, x, t, t_next, eta, clip_x0, bf16, draw_noise):
-    """Song et al. 2021, eq. 12: x_prev = √ᾱ_prev x̂₀ + √(1−ᾱ_prev−σ²) ε̂ + σ z.
-
-    σ = η √((1−ᾱ_prev)/(1−ᾱₜ)) √(1−ᾱₜ/ᾱ_prev)   (eq. 16); η = 1 and consecutive steps make σ² = β̃ₜ.
-    """
-    x0, eps = _x0_and_eps(model, schedule, x, t, clip_x0, bf16)
-    a_t, a_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_next)
-    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
-    x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-    if sigma > 0:
-        x_prev = x_prev + sigma * draw_noise()
-    return x_prev, x0
-
-
-def _dpmpp_2m_step(model, schedule, x, t, t_next, x0_prev, t_prev, clip_x0, bf16):
-    """DPM-Solver++(2M), Lu et al. 2022, Algorithm 2, with αₜ = √ᾱₜ, σₜ = √(1−ᾱₜ), λ = log(αₜ/σₜ).
-
-    x_next = (σ_next/σₜ) xₜ − α_next (e^(−h) − 1) D,  h = λ_next − λₜ,
-    D = (1 + 1/(2r)) x̂₀ − 1/(2r) x̂₀_prev, r = h_prev / h   (first order, D = x̂₀, on the first step).
-    The last step lands on the clean image (σ = 0) and is first order: x₀ = x̂₀.
-    """
-    x0, _ = _x0_and_eps(model, schedule, x, t, clip_x0, bf16)
-    if t_next < 0:
-        return x0, x0
-
-    def lam(step: int) -> float:
-        a = _alpha_bar(schedule, step)
-        return 0.5 * float(np.log(a / (1 - a)))
-
-    a_t, a_next = _alpha_bar(schedule, t), _alpha_bar(schedule, t_next)
-    h = lam(t_next) - lam(t)
-    if x0_prev is None:
-        d = x0
-    else:
-        r = (lam(t) - lam(t_prev)) / h
-        d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
-    x_next = ((1 - a_next) / (1 - a_t)) ** 0.5 * x - a_next ** 0.5 * float(np.expm1(-h)) * d
-    return x_next, x0
+    images = x.clamp(-1, 1)
+    if recorder is not None:
+        recorder.add(0, images, images)
+    return images
 
 
 class _TrajectoryRecorder:
     """Keeps up to ``keep`` of ``total`` frames, evenly spaced, as uint8 on the CPU."""
 
-    def __init__(self, total: int, keep: int | None):
-        keep = total if keep is None else max(2, min(keep, total))
-        self.keep_indices = set(np.round(np.linspace(0, total - 1, keep)).astype(int).tolist())
+    def __init__(self, keep: int | None):
+        self.keep = keep
         self.index = 0
         self.timesteps, self.frames, self.x0_frames = [], [], []
 
-    def add(self, paper_t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    def start(self, total: int) -> None:
+        """``total`` states will come (the steps and the final image)."""
+        keep = total if self.keep is None else max(2, min(self.keep, total))
+        self.keep_indices = set(np.round(np.linspace(0, total - 1, keep)).astype(int).tolist())
+
+    def add(self, paper_t, x: torch.Tensor, x0: torch.Tensor) -> None:
         if self.index in self.keep_indices:
             self.timesteps.append(paper_t)
             self.frames.append(to_uint8(x))

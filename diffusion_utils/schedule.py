@@ -201,3 +201,13 @@ def at_timesteps(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> t
     t = torch.as_tensor(t, device=values.device).long().reshape(-1)
     out = values[t].to(device=like.device, dtype=like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def schedule_for(config):
+    """What a :class:`~diffusion_utils.TrainConfig`'s model samples and trains with: its
+    :class:`NoiseSchedule`, or for a flow model (``objective="flow"``) its
+    :class:`~diffusion_utils.flow.FlowPath`."""
+    if getattr(config, "objective", "diffusion") == "flow":
+        from .flow import FlowPath  # flow imports nothing of this module; the import stays local to keep it so
+        return FlowPath.from_config(config)
+    return NoiseSchedule.from_config(config)

@@ -30,9 +30,10 @@ from torch.optim.swa_utils import AveragedModel
 from . import distributed
 from .config import TrainConfig, bf16_available
 from .errors import ConfigError, TrainingDiverged
+from .flow import flow_loss
 from .loss import diffusion_loss
 from .model import UNet
-from .schedule import NoiseSchedule
+from .schedule import schedule_for
 from .superres import training_pair
 
 
@@ -97,7 +98,7 @@ class TrainState:
         self.ema = make_ema(self.model, config.ema_decay, config.ema_gamma)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        self.schedule = NoiseSchedule.from_config(config).to(device)
+        self.schedule = schedule_for(config).to(device)  # a NoiseSchedule, or a flow model's FlowPath
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.autocast_dtype = torch.bfloat16 if config.bf16 and bf16_available(device) else None
@@ -150,11 +151,16 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
         x0, cond = training_pair(x0, low_res_size=config.low_res_size, crop_size=config.crop_size,
                                  mode=config.upsample_mode, generator=state.noise_rng,
                                  shard=(ranks.rank, ranks.world_size))
-    loss = diffusion_loss(state.network, state.schedule, x0,
-                          generator=state.noise_rng, loss_weighting=config.loss_weighting,
-                          snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype,
-                          y=None if y is None else y.to(state.device), p_uncond=config.p_uncond,
-                          shard=(ranks.rank, ranks.world_size), cond=cond, cond_aug_max=config.cond_aug_max)
+    if config.objective == "flow":  # the straight path's velocity (diffusion_utils.flow)
+        loss = flow_loss(state.network, state.schedule, x0, generator=state.noise_rng,
+                         autocast_dtype=state.autocast_dtype, y=None if y is None else y.to(state.device),
+                         p_uncond=config.p_uncond, shard=(ranks.rank, ranks.world_size))
+    else:
+        loss = diffusion_loss(state.network, state.schedule, x0,
+                              generator=state.noise_rng, loss_weighting=config.loss_weighting,
+                              snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype,
+                              y=None if y is None else y.to(state.device), p_uncond=config.p_uncond,
+                              shard=(ranks.rank, ranks.world_size), cond=cond, cond_aug_max=config.cond_aug_max)
     loss_value = distributed.mean_over_ranks(loss.detach(), ranks).item()
     if not math.isfinite(loss_value):
         raise TrainingDiverged(f"loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
