@@ -19,7 +19,9 @@ One module per idea, each readable top to bottom (docs/package.md lists them in 
 - :mod:`~diffusion_utils.pretrained` — :func:`load_pretrained`: weights shipped with the package, and :func:`export_pretrained`
 - :mod:`~diffusion_utils.cards` — the model card beside each pretrained file
 - :mod:`~diffusion_utils.fallback` — :func:`load_trained_or_pretrained`: the model a notebook shows
-- :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`, :func:`sample_trajectory`: DDPM, DDIM, DPM-Solver++
+- :mod:`~diffusion_utils.flow` — flow matching: :class:`FlowPath` (xₜ = (1 − t)x₀ + tε), :func:`flow_loss`
+- :mod:`~diffusion_utils.samplers` — one class per sampler: :class:`DDPM`, :class:`DDIM`, :class:`DPMSolverPP`, :class:`Euler`, :class:`Heun`
+- :mod:`~diffusion_utils.sampling` — :func:`p_sample`, :func:`sample`, :func:`sample_trajectory`: one loop for every sampler
 - :mod:`~diffusion_utils.superres` — :func:`upsample`, :func:`sample_cascade`: 32 px → 64 px with a second diffusion model
 - :mod:`~diffusion_utils.guidance` — classifier-free guidance: :class:`GuidedModel`, class names and ids
 - :mod:`~diffusion_utils.interpolation` — :func:`slerp`, :func:`interpolate`: walking between two samples
@@ -27,6 +29,7 @@ One module per idea, each readable top to bottom (docs/package.md lists them in 
 - :mod:`~diffusion_utils.features` — feature extractors (offline InceptionV3, random convs), :func:`extract_features`
 - :mod:`~diffusion_utils.metrics` — :func:`compute_kid`, :func:`compute_fid`: sample quality vs real images
 - :mod:`~diffusion_utils.evaluation` — :func:`evaluate_samplers`: KID and wall time per sampler
+- :mod:`~diffusion_utils.memorisation` — :func:`memorisation_test`, :func:`nearest_neighbours`: is the model copying?
 - :mod:`~diffusion_utils.visualization` — grids, the epoch table, loss curves, the GIF
 - :mod:`~diffusion_utils.widgets` — the denoising slider, the guidance widget and the live training view
 - :mod:`~diffusion_utils.exercises` — :func:`check_exercise`: the learner's lines against the package's, with a hint
@@ -49,7 +52,11 @@ from .interpolation import interpolate, slerp
 from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, pretrained_card
 from .fallback import load_trained_or_pretrained
-from .sampling import Trajectory, p_sample, sample, sample_trajectory, timesteps_for, to_uint8
+from .flow import FlowPath, flow_loss
+from .memorisation import (MemorisationResult, Neighbours, memorisation_test, nearest_neighbours, plot_memorisation,
+                           plot_nearest_neighbours)
+from .samplers import DDIM, DDPM, DPMSolverPP, Euler, Heun, Sampler, make_sampler, timesteps_for
+from .sampling import Trajectory, p_sample, sample, sample_trajectory, to_uint8
 from .schedule import NoiseSchedule
 from .superres import ConditionedModel, noised_condition, sample_cascade, upsample, upsample_trajectory
 from .training import TrainState, ema_decay_at, make_ema, train_step
@@ -75,6 +82,9 @@ __all__ = [
     "RunHooks", "RunFigures", "TrainingRun", "run_training",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     "check_exercise",
+    "FlowPath", "flow_loss", "DDIM", "DDPM", "DPMSolverPP", "Euler", "Heun", "Sampler", "make_sampler",
+    "MemorisationResult", "Neighbours", "memorisation_test", "nearest_neighbours", "plot_memorisation",
+    "plot_nearest_neighbours",
     # what the notebooks use, so that they import only the top level
     "LiveTrainingView", "ResidualBlock", "SelfAttention", "batches_per_epoch", "default_feature_extractor",
     "ema_decay_at", "layer_shapes", "parameter_table", "plot_time_embedding", "plot_unet", "unet_levels",
