@@ -97,6 +97,11 @@ TRAIN_OVERRIDES = {
     "schedule": ("schedule", str, "linear or cosine"),
     "beta_start": ("beta_start", float, "first beta of the linear schedule"),
     "beta_end": ("beta_end", float, "last beta of the linear schedule"),
+    "objective": ("objective", str, "diffusion (DDPM's noising) or flow (flow matching: the straight path, "
+                                    "sampled with euler or heun)"),
+    "flow_t": ("flow_t", str, "flow: how t is drawn, uniform or logit_normal (Esser et al. 2024)"),
+    "flow_logit_std": ("flow_logit_std", float, "flow, logit_normal: the scale s of t = sigmoid(m + s n) (default 1)"),
+    "flow_shift": ("flow_shift", float, "flow: SD3's time shift of the sampling grid (default 1: none)"),
     "prediction": ("prediction", str, "what the network predicts: eps (Ho et al.) or v (Salimans & Ho)"),
     "loss_weighting": ("loss_weighting", str, "none (the simple loss) or min_snr (Hang et al. 2023)"),
     "snr_gamma": ("snr_gamma", float, "gamma of min_snr weighting (default 5)"),
@@ -109,8 +114,8 @@ TRAIN_OVERRIDES = {
     "cond_aug_max": ("cond_aug_max", _non_negative_int,
                      "sr: noise the condition to a random level s in [0, N] while training (default 250)"),
     "sample_every": ("sample_every", _positive_int, "save a sample grid every N epochs"),
-    "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp"),
-    "sample_steps": ("sample_steps", _positive_int, "network calls per sample for ddim/dpmpp"),
+    "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp; euler or heun (flow)"),
+    "sample_steps": ("sample_steps", _positive_int, "network calls per sample for ddim/dpmpp/euler/heun"),
     "device": ("device", _device, "auto, cpu, cuda or mps"),
     "seed": ("seed", _non_negative_int, "random seed"),
 }

@@ -448,3 +448,23 @@ def test_sample_generates_in_batches(checkpoint_copy, tmp_path, monkeypatch):
     assert sizes == [3, 1]
     with Image.open(tmp_path / "samples_grid.png") as grid:
         assert grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 4 images of 16 px, 2 per row
+
+
+def test_a_flow_run_trains_resumes_and_samples_from_the_cli(tmp_path, monkeypatch, capsys):
+    """--objective flow on the quick preset: it trains, samples with heun, refuses ddim (exit 2, one
+    line, nothing written) and refuses to resume as a diffusion run."""
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *TINY_TRAIN, "--objective", "flow", "--out", "run"]) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert checkpoint["config"].objective == "flow" and checkpoint["config"].sampler == "euler"
+    assert run_main(["sample", "--checkpoint", f"run/{CHECKPOINT_NAME}", "--sampler", "heun", "--steps", "3",
+                     "--n", "4", "--out", "samples", "--no-progress"]) == 0
+    assert (tmp_path / "samples" / "samples_grid.png").exists()
+    capsys.readouterr()
+    assert run_main(["sample", "--checkpoint", f"run/{CHECKPOINT_NAME}", "--sampler", "ddim", "--steps", "3",
+                     "--out", "refused"]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "refused").exists()
+    assert run_main(["train", *TINY_TRAIN, "--objective", "diffusion", "--sampler", "ddim", "--epochs", "2",
+                     "--resume", "--out", "run"]) == 2
+    assert "objective" in capsys.readouterr().err
