@@ -53,6 +53,7 @@ from .loss import diffusion_loss
 from .pretrained import PRETRAINED, export_pretrained, load_pretrained, pretrained_card
 from .fallback import load_trained_or_pretrained
 from .flow import FlowPath, flow_loss
+from .ode_paths import ode_gap, plot_ode_paths, plot_path_coefficients
 from .memorisation import (MemorisationResult, Neighbours, memorisation_test, nearest_neighbours, plot_memorisation,
                            plot_nearest_neighbours)
 from .samplers import DDIM, DDPM, DPMSolverPP, Euler, Heun, Sampler, make_sampler, timesteps_for
@@ -82,7 +83,7 @@ __all__ = [
     "RunHooks", "RunFigures", "TrainingRun", "run_training",
     "GuidanceWidget", "GuidedModel", "guidance_widget", "box_mask", "inpaint", "sdedit", "interpolate", "slerp", "save_gif",
     "check_exercise",
-    "FlowPath", "flow_loss", "DDIM", "DDPM", "DPMSolverPP", "Euler", "Heun", "Sampler", "make_sampler",
+    "FlowPath", "flow_loss", "ode_gap", "plot_ode_paths", "plot_path_coefficients", "DDIM", "DDPM", "DPMSolverPP", "Euler", "Heun", "Sampler", "make_sampler",
     "MemorisationResult", "Neighbours", "memorisation_test", "nearest_neighbours", "plot_memorisation",
     "plot_nearest_neighbours",
     # what the notebooks use, so that they import only the top level
