@@ -29,7 +29,8 @@ import torch
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
-from .config import MAX_SEED, PRESET_ENV, PRESETS, SAMPLERS, TrainConfig, is_device_name, resolve_device
+from .checks import MAX_SEED, SAMPLERS, is_device_name, resolve_device
+from .config import PRESET_ENV, PRESETS, TrainConfig
 from .data import dataset_name, load_dataset
 from .errors import DiffusionError, short_reason
 from .files import check_output_folder, lock_run_folder

@@ -1,10 +1,12 @@
-"""Every hyperparameter of a training run, in one dataclass, with two presets.
+"""Every hyperparameter of a training run, in one dataclass, and the presets that fill it in.
 
 ``TrainConfig()`` is the original design: 64×64 Flowers102, linear β from 1e-4 to 0.02 over
 1000 steps, batch 64, base 64 channels, time embedding 128, 300 epochs, 1000-step ancestral
 sampling. That is a GPU job (hours on a Colab T4). ``TrainConfig.preset("quick")`` shrinks the
 image, the model and the data so that a 2-core laptop CPU gets recognisable flower-coloured
-samples in a few minutes.
+samples in a few minutes; the presets' values, and the measurements that chose them, are in
+:mod:`~diffusion_utils.presets`. The checks a config shares with the network, the samplers and
+the data (counts, numbers, a sampler's steps, device names) are in :mod:`~diffusion_utils.checks`.
 
 Two environment variables let notebooks and CI switch mode without editing a cell:
 
@@ -18,31 +20,24 @@ Two environment variables let notebooks and CI switch mode without editing a cel
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import os
 from dataclasses import dataclass
 
 import torch
 
+from .checks import (FLOW_SAMPLERS, MAX_SEED, MAX_SIZES, SAMPLERS, as_float, as_int, check_halvable,
+                     check_sampler_steps, default_steps, is_device_name, is_int, resolve_device, shown)
 from .errors import ConfigError
 from .flow import FLOW_T, OBJECTIVES
+from .presets import PRESETS
 from .schedule import LOSS_WEIGHTINGS, PREDICTIONS
 
 PRESET_ENV = "DIFFUSION_PRESET"
 DATA_ENV = "DIFFUSION_DATA"
 EPOCHS_ENV = "DIFFUSION_EPOCHS"
-SAMPLERS = ("ddpm", "ddim", "dpmpp", "euler", "heun")  # the first three diffusion's, the last two flow's
-FLOW_SAMPLERS = ("euler", "heun")
 SCHEDULES = ("linear", "cosine")
 LR_DECAYS = ("none", "cosine")
 TASKS = ("generate", "sr")
-# Upper bounds of the sizes: far above any sensible run, low enough that a typo (a step count in
-# the billions) is refused up front instead of trying to allocate terabytes.
-MAX_SIZES = {"img_size": 1024, "n_steps": 100_000, "base_channels": 1024, "num_res_blocks": 16,
-             "time_emb_dim": 8192, "batch_size": 65_536, "num_epochs": 1_000_000, "sample_every": 1_000_000,
-             "sample_grid_n": 1024}
-MAX_SEED = 2 ** 32 - 1
 PATH_FIELDS = ("data", "data_root")  # also accept os.PathLike (stored as str)
 
 
@@ -326,217 +321,29 @@ def _of_type(name: str, value, annotation: str):
         return as_float(name, value)
     if annotation == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be True or False; got {_shown(value)}")
+            raise ConfigError(f"{name} must be True or False; got {shown(value)}")
         return value
     if annotation == "str":
         if name in PATH_FIELDS and isinstance(value, os.PathLike):
             value = os.fspath(value)
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string; got {_shown(value)}")
+            raise ConfigError(f"{name} must be a string; got {shown(value)}")
         return value
     if annotation == "tuple[int, ...]":
-        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
-            raise ConfigError(f"{name} must be a tuple of integers; got {_shown(value)}")
+        if not isinstance(value, (list, tuple)) or not all(is_int(v) for v in value):
+            raise ConfigError(f"{name} must be a tuple of integers; got {shown(value)}")
         return tuple(int(v) for v in value)
     if annotation == "tuple[str, ...]":
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a tuple of strings; got {_shown(value)}")
+            raise ConfigError(f"{name} must be a tuple of strings; got {shown(value)}")
         return tuple(value)
     return value
-
-
-def _is_int(value) -> bool:
-    """An int or a numpy integer; not a bool (True is an int to Python, but never a count)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _shown(value) -> str:
-    return f"{value!r} (type {type(value).__name__})"
-
-
-def as_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as a Python int if it is an integer (numpy integers too, bools not) in
-    [``low``, ``high``] (None: unbounded); else a one-line :class:`ConfigError` naming ``name``
-    and the allowed range."""
-    if low is not None and high is not None:
-        allowed = f"an integer in [{low}, {high}]"
-    elif low is not None:
-        allowed = f"an integer >= {low}"
-    else:
-        allowed = "an integer" if high is None else f"an integer <= {high}"
-    if not _is_int(value):
-        raise ConfigError(f"{name} must be {allowed}; got {_shown(value)}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{name} must be {allowed}; got {value}")
-    return int(value)
-
-
-def as_float(name: str, value) -> float:
-    """``value`` as a finite Python float (ints and numpy numbers too, bools not), else a
-    :class:`ConfigError` naming ``name``."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be a finite number; got {_shown(value)}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number; got {value}")
-    return float(value)
 
 
 def _check_field_names(values: dict) -> None:
     unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-
-
-def check_halvable(img_size: int, levels: int) -> None:
-    """Raise :class:`ConfigError` unless a UNet with ``levels`` resolution levels can halve
-    ``img_size`` ``levels − 1`` times."""
-    halvings = levels - 1
-    if img_size % (2 ** halvings) != 0:
-        raise ConfigError(f"img_size must be divisible by {2 ** halvings} so the UNet can halve "
-                          f"it {halvings} times; got {img_size}")
-
-
-def default_steps(sampler: str, n_steps: int) -> int:
-    """Network calls per image when none are given: all T for DDPM, 50 for DDIM/DPM-Solver++."""
-    return n_steps if sampler == "ddpm" else min(50, n_steps)
-
-
-def check_sampler_steps(sampler: str, steps: int | None, n_steps: int, name: str = "steps") -> int:
-    """The network calls ``sampler`` makes over ``n_steps`` timesteps: ``steps``, or its default
-    (:func:`default_steps`) when None. A one-line :class:`ConfigError` naming ``name`` for an
-    unknown sampler, a count outside [1, n_steps], or DDPM with fewer than all n_steps (the
-    ancestral sampler cannot skip a step; DDIM and DPM-Solver++ can)."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
-    if steps is None:
-        return default_steps(sampler, n_steps)
-    steps = as_int(name, steps, 1, n_steps)
-    if sampler == "ddpm" and steps != n_steps:
-        raise ConfigError(f"{name} must be {n_steps} for the ddpm sampler, which takes every step; got {steps} "
-                          f"(use sampler ddim or dpmpp for fewer)")
-    return steps
-
-
-PRESETS: dict[str, dict] = {
-    # The original design: 64 px, 300 epochs, 1000-step ancestral sampling. A GPU job.
-    "full": {},
-    # A real result on a 2-core CPU in minutes (~9 min on the project's machines). Every cut is
-    # chosen for wall time: 32 px is 4× fewer pixels than 64 px; a 3-level UNet with one residual
-    # block per level (1.2 M parameters) costs ~30× less per image than the full model; 2 048
-    # images × 10 epochs = 20 480 images. The rest was chosen by measurement
-    # (benchmarks/bench_recipes.py: each recipe trained for the same ~6 CPU minutes, ~19 500 images,
-    # then Inception KID of 500 DPM-Solver++ samples; the table is in the README):
-    # - batches of 16, lr 2e-3: 1 280 small steps instead of 320 at batch 64 for the same CPU time
-    #   (the CPU's images/s hardly depends on the batch here): KID 0.228 → 0.147;
-    # - v-prediction with min-SNR weighting (γ = 5): 0.147 → 0.117 (1 000 samples: 0.1175), and
-    #   natural colours instead of saturated ones (min-SNR alone, with ε: 0.151);
-    # - a short EMA (power-function, capped at 0.99: the last ~100 steps) suits the short run;
-    #   a longer one (0.165), batch 8 (0.149), a cosine lr decay (0.149) and a wider UNet (0.173)
-    #   did not help; the cosine noise schedule matched the KID (0.116) with a far worse FID.
-    # DDIM with 50 steps draws the per-epoch grids 20× faster than the 1000-step loop (notebook 05).
-    "quick": dict(
-        img_size=32,
-        max_images=2048,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=1,
-        attention_levels=(2,),
-        dropout=0.0,
-        num_epochs=10,
-        batch_size=16,
-        lr=2e-3,
-        prediction="v",
-        loss_weighting="min_snr",
-        lr_warmup_steps=100,
-        ema_decay=0.99,
-        sample_every=2,
-        sample_grid_n=16,
-        sampler="ddim",
-        sample_steps=50,
-    ),
-    # The quick preset's network, data and budget with the flow objective (diffusion_utils.flow):
-    # the side-by-side comparison of docs/flow_vs_diffusion.json trains both on equal terms.
-    # Logit-normal t (Esser et al. 2024, SD3's m = 0, s = 1); Euler with 20 steps for the grids.
-    "quick-flow": dict(
-        img_size=32,
-        max_images=2048,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=1,
-        attention_levels=(2,),
-        dropout=0.0,
-        num_epochs=10,
-        batch_size=16,
-        lr=2e-3,
-        objective="flow",
-        flow_t="logit_normal",
-        lr_warmup_steps=100,
-        ema_decay=0.99,
-        sample_every=2,
-        sample_grid_n=16,
-        sampler="euler",
-        sample_steps=20,
-    ),
-    # The shipped flowers32-flow: flowers32's network and training settings (its card: batch 64,
-    # lr 1e-3, EMA up to 0.9995, every Flowers102 photo, class labels dropped with p = 0.1) with the
-    # flow objective; 60 epochs of 8 189 photos are the 480 000 images flowers32 saw.
-    "flowers32-flow": dict(
-        img_size=32,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=1,
-        attention_levels=(2,),
-        dropout=0.0,
-        num_epochs=60,
-        batch_size=64,
-        lr=1e-3,
-        objective="flow",
-        flow_t="logit_normal",
-        lr_warmup_steps=100,
-        ema_decay=0.9995,
-        sample_every=10,
-        sample_grid_n=16,
-        sampler="euler",
-        sample_steps=20,
-    ),
-    # The upsampler of the cascade: 32 px → 64 px (diffusion_utils.superres), trained on a CPU.
-    # A 32 px model's cost per image: it trains on 32 × 32 crops of the 64 px photos and samples
-    # whole 64 px images, which it can because it has no attention (only convolutions, which see a
-    # neighbourhood). Two residual blocks per level instead of the quick preset's one: drawing
-    # petal edges and textures needs depth more than global context. v-prediction with min-SNR,
-    # as the quick preset measured best; batch 32 and lr 1e-3 for a run of hours, not minutes.
-    "sr64": dict(
-        task="sr",
-        img_size=64,
-        crop_size=32,
-        num_classes=0,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=2,
-        attention_levels=(),
-        mid_attention=False,
-        dropout=0.0,
-        num_epochs=40,
-        batch_size=32,
-        lr=1e-3,
-        lr_warmup_steps=200,
-        prediction="v",
-        loss_weighting="min_snr",
-        ema_decay=0.999,
-        cond_aug_max=250,
-        cond_aug_level=0,
-        sample_every=1,
-        sample_grid_n=16,
-        sampler="dpmpp",
-        sample_steps=20,
-    ),
-}
-
-
-def is_device_name(name: str) -> bool:
-    """True for the device names a config accepts: auto, cpu, cuda, cuda:N, mps."""
-    return isinstance(name, str) and (name in ("auto", "cpu", "cuda", "mps")
-                                      or (name.startswith("cuda:") and name[5:].isdigit()))
 
 
 def preset_from_env(default: str = "auto") -> str:
@@ -547,42 +354,5 @@ def preset_from_env(default: str = "auto") -> str:
     return name
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA if available, else Apple's MPS, else CPU; anything else as given."""
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; "
-                              "use device='auto' or 'cpu'")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps' was asked for but MPS is not available; "
-                              "use device='auto' or 'cpu'")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def bf16_available(device: torch.device) -> bool:
-    """True on a CUDA GPU with native bfloat16 (Ampere or newer, e.g. A100, L4, H100).
-
-    Colab's free T4 and a V100 only emulate bfloat16, which is slower than float32 there, so
-    they train in float32. CPUs and MPS also use float32: on a 2-core Xeon with AVX-512 but no
-    native bfloat16 (no avx512_bf16 or amx_bf16 flag), bf16 autocast trained the quick UNet at
-    34.6 images/s against 100.3 in float32 with torch 2.14: torch emulates bfloat16 there at a fifth
-    of the float32 FLOP/s (``benchmarks/cpu_peak.py``, ``bench_train_sample.py --variants fp32,bf16``;
-    docs/benchmarks.md). CPUs with native bfloat16 may gain from it; turn it on there only after
-    measuring with that benchmark.
-    """
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 has no including_emulation and never counted emulation
-        return torch.cuda.is_bf16_supported()
-
-
-__all__ = ["TrainConfig", "PRESETS", "PRESET_ENV", "DATA_ENV", "preset_from_env", "resolve_device",
-           "bf16_available"]
+# resolve_device lives in checks.py; the top level and older scripts import it from here.
+__all__ = ["TrainConfig", "PRESETS", "PRESET_ENV", "DATA_ENV", "preset_from_env", "resolve_device"]

@@ -17,7 +17,7 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .batches import batches_per_epoch, epoch_batches  # noqa: F401  (also importable from here, as scripts do)
-from .config import MAX_SEED, MAX_SIZES, as_int
+from .checks import MAX_SEED, MAX_SIZES, as_int
 from .errors import DataError
 from .flowers102 import flowers102_class_names, load_flowers102
 from .image_cache import DEFAULT_HOME, cached_decode, decode_files

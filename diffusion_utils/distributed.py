@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .config import resolve_device
+from .checks import resolve_device
 from .errors import ConfigError
 
 BACKENDS = ("auto", "nccl", "gloo")

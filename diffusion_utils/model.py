@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check_halvable
+from .checks import check_halvable
 from .errors import ConfigError
 from .flow import OBJECTIVES, TIME_SCALE
 from .schedule import check_prediction

@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .batches import batches_per_epoch, epoch_batches
 from .checkpoint import CHECKPOINT_NAME, check_compatible, first_non_finite, load_checkpoint, load_model, save_checkpoint
-from .config import TrainConfig, resolve_device
+from .checks import resolve_device
+from .config import TrainConfig
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
 from .files import check_output_folder, lock_run_folder, remove_stale_temp_files

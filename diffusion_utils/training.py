@@ -28,11 +28,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from . import distributed
-from .config import TrainConfig, bf16_available
+from .config import TrainConfig
 from .errors import ConfigError, TrainingDiverged
 from .flow import flow_loss
 from .loss import diffusion_loss
 from .model import UNet
+from .precision import bf16_available
 from .schedule import schedule_for
 from .superres import training_pair
 
