@@ -10,12 +10,13 @@ from __future__ import annotations
 PRESETS: dict[str, dict] = {
     # The original design: 64 px, 300 epochs, 1000-step ancestral sampling. A GPU job.
     "full": {},
-    # A real result on a 2-core CPU in minutes (~9 min on the project's machines). Every cut is
-    # chosen for wall time: 32 px is 4× fewer pixels than 64 px; a 3-level UNet with one residual
-    # block per level (1.2 M parameters) costs ~30× less per image than the full model; 2 048
-    # images × 10 epochs = 20 480 images. The rest was chosen by measurement
+    # A real result on a 2-core CPU in minutes (its 20 480 images train in ~3½ min at 100 images/s
+    # on 2 Intel Xeon cores, docs/benchmarks.md). Every cut is chosen for wall time: 32 px is 4×
+    # fewer pixels than 64 px; a 3-level UNet with one residual block per level (1.2 M parameters)
+    # costs ~30× less per image than the full model; 2 048 images × 10 epochs = 20 480 images.
+    # The rest was chosen by measurement
     # (benchmarks/bench_recipes.py: each recipe trained for the same ~6 CPU minutes, ~19 500 images,
-    # then Inception KID of 500 DPM-Solver++ samples; the table is in the README):
+    # then Inception KID of 500 DPM-Solver++ samples; the table is in docs/recipes.md):
     # - batches of 16, lr 2e-3: 1 280 small steps instead of 320 at batch 64 for the same CPU time
     #   (the CPU's images/s hardly depends on the batch here): KID 0.228 → 0.147;
     # - v-prediction with min-SNR weighting (γ = 5): 0.147 → 0.117 (1 000 samples: 0.1175), and
