@@ -11,6 +11,7 @@ from typing import Iterator
 
 import torch
 
+from .distributed import shard_slice
 from .pixels import to_model_range
 
 
@@ -34,11 +35,9 @@ def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Genera
     n = len(images)
     order = torch.randperm(n, generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    rank, world_size = shard
     for b in range(start, batches_per_epoch(n, batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size]
-        per_rank = len(idx) // world_size
-        idx = idx[rank * per_rank:(rank + 1) * per_rank]
+        idx = idx[shard_slice(len(idx), shard)]  # this rank's rows of the batch
         x = to_model_range(images[idx])
         x = torch.where(flip[idx, None, None, None], x.flip(-1), x)
         yield x if labels is None else (x, labels[idx])

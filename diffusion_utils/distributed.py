@@ -12,8 +12,9 @@ What is global and what is per rank:
   images, and DDP averages the N gradients, so the step is the step of the whole batch.
 - Every rank draws the same shuffle and flips (from the data seed, as ``DistributedSampler`` does
   with ``set_epoch``) and the same timesteps t, noise ε and label drops for the *whole* global
-  batch (from the noise seed), and keeps its own slice (the ``shard=(rank, N)`` argument of
-  ``epoch_batches`` and ``diffusion_loss``): rank r takes images
+  batch (from the noise seed), and keeps its own slice (:func:`shard_slice`, through the
+  ``shard=(rank, N)`` argument of ``epoch_batches``, ``training_pair``, ``diffusion_loss`` and
+  ``flow_loss``): rank r takes images
   r·b … (r+1)·b − 1. Ranks never use the same ε, and a run on N processes is the run on one
   process with the same batch — up to float rounding in the gradient all-reduce — so the same
   config means the same optimisation on 1 or N processes, and a checkpoint resumes on any
@@ -122,6 +123,20 @@ def process_group(device: str = "auto", backend: str = "auto", timeout_minutes: 
         dist.destroy_process_group()
 
 
+def shard_slice(n: int, shard: tuple[int, int]) -> slice:
+    """The rows of a global batch of ``n`` that this process computes.
+
+    ``shard`` is ``(rank, world_size)``: this process's rank in 0 … world_size − 1 and the number
+    of processes (``(0, 1)``: one process, which computes all ``n`` rows). Rank r takes rows
+    r·n/N … (r+1)·n/N − 1 of the global batch. ``n`` must split evenly: :func:`shard_size`
+    refuses, before a run starts, a batch that does not. Every rank draws its random numbers (t, ε, label
+    drops, crops) for all ``n`` rows and keeps this slice, so N processes draw what one would.
+    """
+    rank, world_size = shard
+    per_rank = n // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
 def shard_size(batch: int, ranks: Ranks) -> int:
     """Images per rank in a global batch of ``batch``: ``batch / world_size``, which must be whole."""
     if batch % ranks.world_size:
@@ -179,4 +194,4 @@ def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn
 
 
 __all__ = ["Ranks", "SINGLE", "BACKENDS", "current", "launched_world_size", "launched_rank", "process_group",
-           "shard_size", "mean_over_ranks", "any_rank", "barrier", "main_first", "wrap"]
+           "shard_slice", "shard_size", "mean_over_ranks", "any_rank", "barrier", "main_first", "wrap"]

@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from .distributed import shard_slice
 from .errors import ConfigError
 
 OBJECTIVES = ("diffusion", "flow")  # what a network learns: DDPM's ε or v, or the flow's velocity
@@ -120,10 +121,8 @@ def flow_loss(model: torch.nn.Module, path: FlowPath, x0: torch.Tensor, *,
     (rank, world_size) this process keeps its slice, as one process would have drawn them.
     """
     net = getattr(model, "module", model)
-    rank, world_size = shard
-    b = x0.shape[0]
-    n = b * world_size
-    mine = slice(rank * b, (rank + 1) * b)
+    n = x0.shape[0] * shard[1]  # the global batch
+    mine = shard_slice(n, shard)  # this process's rows of it
     t = path.sample_t(n, generator, x0.device)[mine]  # t ~ U(0, 1) or logit-normal
     eps = torch.randn((n, *x0.shape[1:]), device=x0.device, generator=generator)[mine]  # ε ~ N(0, I)
     x_t = path.q_sample(x0, t, eps)  # xₜ = (1 − t) x₀ + t ε

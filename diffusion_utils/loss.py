@@ -21,6 +21,7 @@ import contextlib
 
 import torch
 
+from .distributed import shard_slice
 from .schedule import NoiseSchedule
 
 
@@ -56,10 +57,8 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
     """
     net = getattr(model, "module", model)  # the UNet itself when wrapped in DistributedDataParallel
     prediction = getattr(net, "prediction", "eps")
-    rank, world_size = shard
-    b = x0.shape[0]
-    n = b * world_size  # the global batch
-    mine = slice(rank * b, (rank + 1) * b)  # this process's rows of it
+    n = x0.shape[0] * shard[1]  # the global batch: this rank's rows times the number of ranks
+    mine = shard_slice(n, shard)  # this process's rows of it
     t = torch.randint(0, schedule.n_steps, (n,), device=x0.device, generator=generator)[mine]  # t ~ U{1…T}
     eps = torch.randn((n, *x0.shape[1:]), device=x0.device, generator=generator)[mine]  # ε ~ N(0, I)
     x_t = schedule.q_sample(x0, t, eps)  # xₜ = √ᾱₜ x₀ + √(1−ᾱₜ) ε

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import shard_slice
 from .errors import ConfigError
 from .sampling import Trajectory, sample, sample_trajectory
 from .schedule import NoiseSchedule
@@ -63,11 +64,9 @@ def training_pair(x0: torch.Tensor, *, low_res_size: int, crop_size: int | None,
     z = upsample_condition(downsample(x0, low_res_size), size, mode)
     if crop_size is None or crop_size >= size:
         return x0, z
-    rank, world_size = shard
-    b = x0.shape[0]
-    mine = slice(rank * b, (rank + 1) * b)
-    offsets = torch.randint(0, size - crop_size + 1, (b * world_size, 2), device=x0.device,
-                            generator=generator)[mine].tolist()
+    n = x0.shape[0] * shard[1]  # the global batch
+    offsets = torch.randint(0, size - crop_size + 1, (n, 2), device=x0.device,
+                            generator=generator)[shard_slice(n, shard)].tolist()
     x0_crops = torch.stack([x0[i, :, r:r + crop_size, c:c + crop_size] for i, (r, c) in enumerate(offsets)])
     z_crops = torch.stack([z[i, :, r:r + crop_size, c:c + crop_size] for i, (r, c) in enumerate(offsets)])
     return x0_crops, z_crops

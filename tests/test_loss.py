@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from diffusion_utils import ConfigError, NoiseSchedule
+from diffusion_utils.distributed import shard_slice
 from diffusion_utils.loss import diffusion_loss
 
 from conftest import tiny_unet
@@ -183,3 +184,26 @@ def test_bfloat16_autocast_gives_a_float32_loss_close_to_float32(schedule, x0):
     half = diffusion_loss(net, schedule, x0, generator=_gen(2), autocast_dtype=torch.bfloat16)
     assert half.dtype == torch.float32
     assert half.item() == pytest.approx(full.item(), rel=5e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes: each rank's rows of the global batch
+# ---------------------------------------------------------------------------------------------
+def test_shard_slice_tiles_the_global_batch_in_rank_order():
+    assert [shard_slice(6, (r, 3)) for r in range(3)] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert shard_slice(6, (0, 1)) == slice(0, 6)
+
+
+def test_each_rank_sees_the_draws_of_its_rows_of_the_global_batch(schedule, x0):
+    """With shard=(r, 2), rank r's half of the batch gets the t and xₜ that one process drew for
+    those rows, so the mean of the two halves' losses is the whole batch's loss."""
+    whole = Recorder(tiny_unet(8))
+    loss = diffusion_loss(whole, schedule, x0, generator=_gen(4))
+    halves = []
+    for rank in range(2):
+        mine = shard_slice(len(x0), (rank, 2))
+        half = Recorder(tiny_unet(8))
+        halves.append(diffusion_loss(half, schedule, x0[mine], generator=_gen(4), shard=(rank, 2)))
+        (x_t, t, _), (x_t_all, t_all, _) = half.calls[0], whole.calls[0]
+        assert torch.equal(t, t_all[mine]) and torch.allclose(x_t, x_t_all[mine])
+    assert (halves[0] + halves[1]).item() / 2 == pytest.approx(loss.item(), rel=1e-6)
