@@ -19,6 +19,7 @@ Two environment variables let notebooks and CI switch mode without editing a cel
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -136,15 +137,36 @@ class TrainConfig:
     sample_steps: int | None = None  # network calls per sample (None: n_steps for ddpm, 50 else)
 
     def __post_init__(self) -> None:
-        self.validate()
+        """A new config is settled (:meth:`settled`) and valid, or not built at all."""
+        settled = self.settled()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(settled, f.name))
 
     # ------------------------------------------------------------------------------------
+    def settled(self) -> "TrainConfig":
+        """A validated copy with every field in its final form: each value of its declared type
+        (numpy integers → int, paths → str, lists → tuples), and what the other fields decide
+        filled in (an upsampler's ``num_classes=None`` → 0: it is never class-conditional, the
+        base model draws the class). Raises :class:`ConfigError` as :meth:`validate` does.
+
+        Every config is settled when it is built; a run settles its config again, since a
+        notebook may have assigned a field since (``config.num_epochs = np.int64(5)``)."""
+        out = copy.copy(self)  # a shallow copy, so nothing here touches self
+        for f in dataclasses.fields(out):
+            setattr(out, f.name, _of_type(f.name, getattr(out, f.name), f.type))
+        if out.task == "sr" and out.num_classes is None:
+            out.num_classes = 0  # an upsampler is never class-conditional: the base model draws the class
+        out._check()
+        return out
+
     def validate(self) -> None:
-        """Normalise each field to its declared type (numpy integers → int, paths → str, lists →
-        tuples) and raise :class:`ConfigError`, naming the field, for the first value of the
-        wrong type (a bool for a count, a string for a number), not finite, or outside its range."""
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _of_type(f.name, getattr(self, f.name), f.type))
+        """Raise :class:`ConfigError`, naming the field, for the first value of the wrong type (a
+        bool for a count, a string for a number), not finite, or outside its range. Changes nothing:
+        the checks read a settled copy (:meth:`settled`)."""
+        self.settled()
+
+    def _check(self) -> None:
+        """The range checks of a settled config (every field already of its declared type)."""
         for name, most in MAX_SIZES.items():
             self._need(1 <= getattr(self, name) <= most, name, f"an integer in [1, {most}]")
         self._need(self.max_images is None or self.max_images > 0, "max_images", "a positive integer or None")
@@ -195,8 +217,6 @@ class TrainConfig:
         """The task, and an upsampler's own fields (its condition's noise levels, its crops)."""
         need, halvings = self._need, len(self.channel_mults) - 1
         need(self.task in TASKS, "task", f"one of {TASKS}")
-        if self.task == "sr" and self.num_classes is None:
-            self.num_classes = 0  # an upsampler is never class-conditional: the base model draws the class
         need(self.upsample_mode in ("bicubic", "bilinear"), "upsample_mode", "'bicubic' or 'bilinear'")
         need(self.cond_aug_max >= 0, "cond_aug_max", "an integer >= 0")
         need(self.cond_aug_level >= 0, "cond_aug_level", "an integer >= 0")

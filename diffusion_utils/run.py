@@ -173,7 +173,7 @@ class TrainingRun:
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  init_from: str | Path | None = None, progress: bool = True, hooks=(),
                  ranks: distributed.Ranks | None = None):
-        config.validate()  # again: a notebook may have changed a field since the config was built
+        config = config.settled()  # again: a notebook may have changed a field since the config was built
         if resume and init_from is not None:
             raise ConfigError("resume (--resume) continues a run and init_from (--init-from) starts a new one; "
                               "pass only one")

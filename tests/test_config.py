@@ -248,3 +248,28 @@ def test_a_config_changed_after_it_was_built_is_checked_again():
     c.lr = float("inf")
     with pytest.raises(ConfigError, match="lr"):
         c.validate()
+
+
+def test_validate_changes_nothing_and_settled_returns_the_settled_copy():
+    """validate() only checks: fields assigned after the config was built (a numpy integer, a
+    list, an upsampler's num_classes=None) stay as assigned. settled() returns a checked copy in
+    the form a new config gets (int, tuple, an upsampler's 0 classes), leaving the original alone."""
+    c = TrainConfig.preset("sr64")
+    c.num_epochs, c.channel_mults, c.num_classes = np.int64(3), [1, 2, 2], None
+    c.validate()
+    assert type(c.num_epochs) is np.int64 and c.channel_mults == [1, 2, 2] and c.num_classes is None
+    settled = c.settled()
+    assert type(settled.num_epochs) is int and settled.channel_mults == (1, 2, 2) and settled.num_classes == 0
+    assert type(c.num_epochs) is np.int64 and c.num_classes is None  # still as assigned
+    assert settled == TrainConfig.preset("sr64", num_epochs=3, num_classes=None)
+    assert settled.settled() == settled
+
+
+def test_an_upsampler_is_built_with_no_classes_and_a_generator_keeps_none():
+    """Building settles num_classes=None: 0 for an upsampler (the base model draws the class), None
+    (from the data) for a model that draws from noise; the saved dict says the same."""
+    assert TrainConfig(task="sr", img_size=64).num_classes == 0
+    assert TrainConfig(task="sr", img_size=64).to_dict()["num_classes"] == 0
+    assert TrainConfig().num_classes is None
+    with pytest.raises(ConfigError, match="num_classes"):
+        TrainConfig(task="sr", img_size=64, num_classes=5)

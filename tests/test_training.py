@@ -558,3 +558,15 @@ def test_a_hooks_outputs_are_checked_before_any_work(tmp_path, monkeypatch):
     (tmp_path / "report").write_text("a file where the hook's folder goes")
     with pytest.raises(RunFolderError, match="report"):
         run_training(config(), tmp_path, hooks=[Writes()], progress=False)
+
+
+def test_a_run_trains_the_settled_config_and_leaves_the_callers_alone(tmp_path, dataset):
+    """Fields a notebook assigns after building the config (a numpy count, a list) are settled for
+    the run: the checkpoint saves plain types (it loads with weights_only), the caller's config is
+    not changed."""
+    cfg = config(num_epochs=1)
+    cfg.num_epochs, cfg.channel_mults = np.int64(1), [1, 2]
+    result = train(cfg, tmp_path, dataset=dataset, progress=False)
+    assert type(result.config.num_epochs) is int and result.config.channel_mults == (1, 2)
+    assert load_checkpoint(result.checkpoint_path)["config"] == result.config
+    assert type(cfg.num_epochs) is np.int64 and cfg.channel_mults == [1, 2]
