@@ -6,7 +6,8 @@ One module per idea, each readable top to bottom (docs/package.md lists them in 
 - :mod:`~diffusion_utils.schedule` — :class:`NoiseSchedule`, the forward process q(xₜ | x₀)
 - :mod:`~diffusion_utils.model` — :class:`UNet`, the noise predictor ε_θ(xₜ, t)
 - :mod:`~diffusion_utils.pixels` — :func:`to_uint8`, ``to_model_range``: the two ranges an image lives in
-- :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers
+- :mod:`~diffusion_utils.data` — :func:`load_dataset`: Flowers102, an image folder, synthetic flowers;
+  :func:`load_held_out`: the images a ``max_images`` run left out
   (from :mod:`~diffusion_utils.flowers102`, :mod:`~diffusion_utils.synthetic`, :mod:`~diffusion_utils.image_cache`;
   training batches from :mod:`~diffusion_utils.batches`)
 - :mod:`~diffusion_utils.loss` — :func:`diffusion_loss`, Algorithm 1: the training loss in one function
@@ -38,7 +39,7 @@ One module per idea, each readable top to bottom (docs/package.md lists them in 
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model, save_checkpoint
 from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_device
-from .data import ImageDataset, batches_per_epoch, load_dataset, make_synthetic_flowers
+from .data import ImageDataset, batches_per_epoch, load_dataset, load_held_out, make_synthetic_flowers
 from .errors import CheckpointError, ConfigError, DataError, DiffusionError, RunFolderError, TrainingDiverged
 from .editing import box_mask, inpaint, sdedit
 from .guidance import GuidedModel
@@ -76,7 +77,7 @@ __all__ = [
     "DenoisingSlider", "DiffusionError", "PRETRAINED", "export_pretrained", "load_pretrained", "pretrained_card", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "fewest_calls_matching", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
-    "load_checkpoint", "load_dataset", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
+    "load_checkpoint", "load_dataset", "load_held_out", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_sampler_curve", "plot_schedules", "resolve_device", "sample", "sample_trajectory",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "upsample_trajectory", "sample_cascade", "ConditionedModel", "noised_condition",

@@ -114,10 +114,71 @@ def load_dataset(source: str | os.PathLike, img_size: int = 64, *, root: str | o
     else:
         raise DataError(f"unknown dataset {source!r}: {SOURCES_HINT}")
     if max_images is not None and max_images < len(images):
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+        keep = subset_indices(len(images), max_images, seed)
         images = images[keep]
         labels = labels[keep] if labels is not None else None
     return ImageDataset(images, where, labels, names if labels is not None else None, name=dataset_name(source))
+
+
+def subset_indices(n: int, max_images: int, seed: int) -> torch.Tensor:
+    """The indices (sorted, int64) of the ``max_images`` of ``n`` images that ``load_dataset`` keeps
+    with ``seed``: the first ``max_images`` of a seeded random permutation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+
+
+def load_held_out(source: str | os.PathLike, img_size: int = 64, *, max_images: int | None = None, seed: int = 0,
+                  root: str | os.PathLike | None = None, n: int | None = None, download: bool = True,
+                  cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ImageDataset:
+    """The images ``load_dataset(source, img_size, max_images=max_images, seed=seed)`` left out: a
+    held-out set for a model trained on that subset (same source, disjoint from it).
+
+    A run with ``max_images`` trains on a seeded random subset of its source (notebook 03's quick
+    preset: 2 048 Flowers102 photos); the rest are photos of the same kind that the model never saw,
+    the fair yardstick of :func:`~diffusion_utils.memorisation.memorisation_test`. For a photo
+    source the complement is computed from the same file list, so pass what the run was given
+    (its ``config.data``, ``config.data_root``, ``config.max_images``, ``config.seed``) on a machine
+    holding the same files. For ``"synthetic"`` (drawn, not sampled from a list) the held-out
+    flowers are the next ones the same seed draws after the ``max_images`` trained on.
+
+    Args:
+        source, img_size, root, download, cache_dir, progress: as for :func:`load_dataset`.
+        max_images: the training run's ``max_images`` (for a photo source: without it, or when it
+            is not below the source's size, every image was trained on and none is held out).
+        seed: the training run's seed.
+        n: at most this many held-out images (a seeded random pick of the complement, in order);
+            ``None``: all of them. For ``"synthetic"``: how many to draw (default: as many as were
+            trained on).
+
+    Returns:
+        An :class:`ImageDataset` of the held-out images (and their labels, when the source has them).
+
+    Raises:
+        DataError: no image was held out (``max_images`` is None or covers the whole source) — then
+            use the leave-one-out yardstick (``memorisation_test(samples, train_images)``).
+    """
+    seed = as_int("seed", seed, 0, MAX_SEED)
+    n = None if n is None else as_int("n (the number of held-out images)", n, 1)
+    if source == "synthetic":  # drawn one after another from one generator: the next ones are new
+        trained = SYNTHETIC_DEFAULT_N if max_images is None else as_int("max_images", max_images, 1)
+        count = as_int("max_images + n (synthetic images drawn)", trained + (n or trained), 1, SYNTHETIC_MAX_N)
+        drawn = load_dataset("synthetic", img_size, max_images=count, seed=seed)
+        return ImageDataset(drawn.images[trained:], f"synthetic flowers (seed {seed}) after the first {trained}",
+                            drawn.labels[trained:], drawn.class_names, name=f"synthetic (seed {seed}), held out")
+    if max_images is None:
+        raise DataError(f"{dataset_name(source)} was used whole (max_images=None), so no image is held out; "
+                        f"use the leave-one-out yardstick: memorisation_test(samples, train_images)")
+    max_images = as_int("max_images", max_images, 1)
+    full = load_dataset(source, img_size, root=root, download=download, cache_dir=cache_dir, progress=progress)
+    if max_images >= len(full):
+        raise DataError(f"max_images={max_images} covers all {len(full)} images of {full.name}, so none is held out; "
+                        f"use the leave-one-out yardstick: memorisation_test(samples, train_images)")
+    left = torch.ones(len(full), dtype=torch.bool)
+    left[subset_indices(len(full), max_images, seed)] = False
+    rest = left.nonzero().squeeze(1)
+    if n is not None and n < len(rest):  # a seeded pick of the complement, in order
+        rest = rest[subset_indices(len(rest), n, seed)]
+    labels = full.labels[rest] if full.labels is not None else None
+    return ImageDataset(full.images[rest], full.source, labels, full.class_names, name=f"{full.name}, held out")
 
 
 def dataset_name(source: str | os.PathLike) -> str:

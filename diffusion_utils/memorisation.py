@@ -10,7 +10,10 @@ how close a *new* image of this kind sits to its nearest training image:
 - samples no closer than held-out images → the samples are as new as unseen photos: no copying;
 - samples much closer → they sit on top of training images: the model copies.
 
-:func:`memorisation_test` measures both sets of distances (samples → train, held-out → train)
+A model trained on every image of its source has no held-out image; for it the yardstick is
+**leave-one-out** (below): each training image's distance to its nearest *other* training image.
+
+:func:`memorisation_test` measures both sets of distances (samples → train, yardstick → train)
 and compares them, in :class:`MemorisationResult`:
 
 - the **median ratio** median(sample distances) / median(held-out distances): ≈ 1 when the
@@ -70,15 +73,40 @@ Where the distances are measured (``space``):
   on a CPU: a few images a second), so embed the training set once with
   :func:`~diffusion_utils.features.extract_features` and pass the (N, d) features in its place.
 
-How many images? The medians and the p-value settle with a few hundred samples and held-out
-images; the 1st percentile of the held-out distances needs ≥ 100 held-out images to mean
-anything (with fewer it is just the smallest of them). The held-out images must really be
-unseen: a model trained on all 8 189 Flowers102 photos has none, but one trained with
-``max_images`` (a seeded random subset, e.g. the 2 048 of the quick presets) leaves the rest.
+The yardstick (``held_out_images``):
 
-:func:`nearest_neighbours` is the search underneath: exact k-nearest neighbours, in chunks of
-``batch_size`` queries × ``batch_size`` references (``torch.cdist``), so 1 000 samples against the
-8 000 training images (each 3 × 64 × 64) fit in a few hundred MB.
+- **held-out images**: real images of the same source that the model never trained on, e.g. the
+  photos a ``max_images`` run left out (:func:`~diffusion_utils.data.load_held_out` loads exactly
+  those: the quick presets train on a seeded 2 048 of Flowers102's photos, which leaves the rest).
+- **leave-one-out** (``held_out_images=None``), for a model trained on every image (such as the
+  shipped ``flowers32``, trained on all of Flowers102): each training image in turn plays the
+  unseen one, and its distance to its nearest *other* training image
+  (:func:`~diffusion_utils.neighbours.leave_one_out_neighbours`) is the yardstick. That is
+  exactly the held-out distance of a photo of the same source to a training set of M − 1
+  images, so it is fair: the yardstick never involves the model, only how real images of this
+  kind lie among each other, and it answers "how close does a *real* image sit to its nearest
+  training image?" with every real image there is. One reference fewer lengthens nearest
+  distances by a negligible amount (they shrink like M^(−1/d) with the data's dimension d: a
+  change near 1/(M·d), at most 0.02 % for M ≥ 5 000). Two things differ from a random
+  held-out set, both small for thousands of images: an image with a near-duplicate in the data
+  always finds it among the others (a held-out photo only when the duplicate was trained on),
+  which lowers the yardstick's low tail — the near-copy threshold — a little, so slightly fewer
+  samples count as near-copies; and mutual nearest neighbours share one distance, so the M
+  yardstick distances are not independent. Measured, that does not skew the p-values: over 40
+  draws of synthetic flowers (400 training, 100 fresh "samples", 16 px), the leave-one-out
+  p-values spread as a held-out set's do (median 0.49 against 0.48, 1 of 40 below 0.01 with
+  either), and tests/test_memorisation.py checks that fresh images pass and copies are still
+  caught against the leave-one-out yardstick.
+  The verdict names the yardstick it used.
+
+How many images? The medians and the p-value settle with a few hundred samples and yardstick
+images; the 1st percentile of the yardstick distances needs ≥ 100 of them to mean anything
+(with fewer it is just the smallest). Leave-one-out costs an M × M search: for the 7 985
+Flowers102 photos at 64 px, about a minute on one CPU core.
+
+:func:`~diffusion_utils.neighbours.nearest_neighbours` is the search underneath (exact, chunked;
+it and :func:`~diffusion_utils.neighbours.plot_nearest_neighbours` live in
+:mod:`~diffusion_utils.neighbours` and are importable from here too).
 """
 
 from __future__ import annotations
@@ -88,7 +116,6 @@ import os
 import textwrap
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -96,13 +123,13 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .errors import ConfigError
-from .features import check_batch_size, default_feature_extractor, extract_features
-from .pixels import to_model_range
-from .visualization import _finish, grid_image
+from .features import check_batch_size
+from .neighbours import (DEFAULT_CHUNK, Neighbours, check_set, check_space, embed_set, leave_one_out_neighbours,
+                         nearest_neighbours, plot_nearest_neighbours, resolve_extractor)
+from .visualization import _finish
 
-SPACES = ("pixels", "features")
-DEFAULT_CHUNK = 1024  # images per chunk of queries and of references: 1024 × 12 288 float32 ≈ 50 MB at 64 px
-NEAR_COPY_PERCENTILE = 1.0  # a near-copy is closer than this percentile of the held-out distances
+YARDSTICKS = ("held-out", "leave-one-out")
+NEAR_COPY_PERCENTILE = 1.0  # a near-copy is closer than this percentile of the yardstick's distances
 ALPHA = 0.01  # significance level of every "closer" finding
 COPY_RATIO = 0.8  # median ratio below which (with p < ALPHA) the samples copy
 NEAR_COPY_ALARM = 0.05  # near-copy rate at or above which (if not chance) the samples copy
@@ -110,185 +137,39 @@ FARTHER_RATIO = 1.2  # median ratio above which the samples sit farther than uns
 
 
 # ---------------------------------------------------------------------------------------------
-# Nearest neighbours
-# ---------------------------------------------------------------------------------------------
-class Neighbours(NamedTuple):
-    """Each query's k nearest references, nearest first: ``indices, distances = nearest_neighbours(...)``.
-
-    Attributes:
-        indices: int64 (N, k), indices into the references.
-        distances: float64 (N, k), Euclidean distances, ascending along each row.
-    """
-
-    indices: torch.Tensor
-    distances: torch.Tensor
-
-
-def nearest_neighbours(queries: torch.Tensor, references: torch.Tensor, k: int = 1, *, space: str = "pixels",
-                       extractor: nn.Module | None = None, batch_size: int = DEFAULT_CHUNK) -> Neighbours:
-    """The ``k`` nearest references of each query, by Euclidean distance in pixel or feature space.
-
-    Args:
-        queries: images (N, C, H, W), float in [-1, 1] or uint8 in [0, 255] (read as
-            :func:`~diffusion_utils.pixels.to_model_range` does); e.g. samples.
-        references: images (M, C, H, W) of the same C, H, W; e.g. the training images.
-        k: neighbours per query, in [1, M].
-        space: ``"pixels"`` (the flattened images in [-1, 1]) or ``"features"`` (the feature
-            vectors of ``extractor``; then either set may also be given as (N, d) features from
-            :func:`~diffusion_utils.features.extract_features`, and 3 channels are needed).
-        extractor: the feature network for ``space="features"`` (``None``: InceptionV3,
-            :func:`~diffusion_utils.features.default_feature_extractor`); only used there.
-        batch_size: queries and references per distance block (bounds memory; the result does
-            not depend on it).
-
-    Returns:
-        :class:`Neighbours` ``(indices, distances)``: int64 and float64 (N, k) CPU tensors, nearest
-        first. The search runs in float32 (``torch.cdist``); the k winners' distances are then
-        measured again exactly in float64, so an exact copy is at distance 0.0. (Two references
-        within float32 round-off of each other may come in either order.)
-
-    Raises:
-        ConfigError: bad ``space``, ``k`` or ``batch_size``, sets that are empty or differ in
-            shape, images out of range, or an extractor given for pixel space.
-    """
-    _check_space(space, extractor)
-    check_batch_size(batch_size)
-    queries, references = _check_set(queries, "queries", space), _check_set(references, "references", space)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(references):
-        raise ConfigError(f"k must be an integer in [1, {len(references)}] (the number of references); got {k!r}")
-    if space == "pixels" and queries.shape[1:] != references.shape[1:]:
-        raise ConfigError(f"queries and references differ in shape (C, H, W): {tuple(queries.shape[1:])} vs "
-                          f"{tuple(references.shape[1:])}; compare images of one size")
-    if space == "features":
-        extractor = _resolve_extractor(extractor, queries, references)
-        queries, references = _embed(queries, extractor), _embed(references, extractor)
-        if queries.shape[1] != references.shape[1]:
-            raise ConfigError(f"queries and references features differ in dimension ({queries.shape[1]} vs "
-                              f"{references.shape[1]}); compute both with the same feature extractor")
-
-    indices, distances = [], []
-    for start in range(0, len(queries), batch_size):
-        query_exact = _rows(queries, slice(start, start + batch_size), torch.float64)
-        query = query_exact.float()
-        best_d = torch.full((len(query), k), float("inf"))
-        best_i = torch.zeros((len(query), k), dtype=torch.long)
-        for ref_start in range(0, len(references), batch_size):
-            block = torch.cdist(query, _rows(references, slice(ref_start, ref_start + batch_size), torch.float32))
-            block_i = torch.arange(ref_start, ref_start + block.shape[1]).expand_as(block)
-            best_d, pick = torch.cat([best_d, block], dim=1).topk(k, dim=1, largest=False)
-            best_i = torch.cat([best_i, block_i], dim=1).gather(1, pick)
-        exact = _exact_distances(query_exact, references, best_i)
-        order = torch.sort(exact, dim=1, stable=True).indices  # re-sort by the exact distances
-        indices.append(best_i.gather(1, order))
-        distances.append(exact.gather(1, order))
-    return Neighbours(torch.cat(indices), torch.cat(distances))
-
-
-def _rows(x: torch.Tensor, index, dtype: torch.dtype) -> torch.Tensor:
-    """Rows ``index`` of images (flattened, in [-1, 1]) or of features, as ``dtype`` on the CPU."""
-    rows = x[index].cpu()
-    if rows.dtype == torch.uint8:
-        rows = to_model_range(rows)
-    return rows.reshape(len(rows), -1).to(dtype)
-
-
-def _exact_distances(query: torch.Tensor, references: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """float64 ‖query[i] − references[index[i, j]]‖ for each i, j: one neighbour rank at a time."""
-    columns = [(query - _rows(references, index[:, j], torch.float64)).norm(dim=1) for j in range(index.shape[1])]
-    return torch.stack(columns, dim=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking inputs, and embedding them
-# ---------------------------------------------------------------------------------------------
-def _check_space(space: str, extractor) -> None:
-    if space not in SPACES:
-        raise ConfigError(f"space must be 'pixels' or 'features'; got {space!r}")
-    if space == "pixels" and extractor is not None:
-        raise ConfigError("an extractor is only used with space='features'; pass space='features' or drop it")
-
-
-def _check_images(x, name: str) -> torch.Tensor:
-    """Images (N, C, H, W), uint8 or finite floats in [-1, 1], non-empty; returned detached."""
-    if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"{name} must be a torch.Tensor of images (N, C, H, W); got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ConfigError(f"{name} must be images (N, C, H, W); got shape {tuple(x.shape)}")
-    if len(x) == 0:
-        raise ConfigError(f"{name} are empty (shape {tuple(x.shape)}); pass at least one image")
-    x = x.detach()
-    if x.dtype == torch.uint8:
-        return x
-    if not x.is_floating_point():
-        raise ConfigError(f"{name} must be uint8 in [0, 255] or float in [-1, 1]; got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ConfigError(f"{name} contain NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1.01 or hi > 1.01:
-        raise ConfigError(f"float {name} must be in [-1, 1] (the model's range); got values in [{lo:.3g}, {hi:.3g}] "
-                          f"— pass images * 2 - 1 for [0, 1]")
-    return x
-
-
-def _is_features(x) -> bool:
-    return isinstance(x, torch.Tensor) and x.ndim == 2
-
-
-def _resolve_extractor(extractor: nn.Module | None, *sets) -> nn.Module | None:
-    """``extractor``, or InceptionV3 when some set is images (None when all are features already)."""
-    if extractor is None and not all(_is_features(x) for x in sets):
-        return default_feature_extractor()
-    return extractor
-
-
-def _check_set(x, name: str, space: str) -> torch.Tensor:
-    """Images as :func:`_check_images` wants them, or — in feature space — (N, d) finite float features."""
-    if space == "pixels" or not _is_features(x):
-        x = _check_images(x, name)
-        if space == "features" and x.shape[1] != 3:
-            raise ConfigError(f"{name} must have 3 channels for the feature extractor; got shape {tuple(x.shape)}")
-        return x
-    if len(x) == 0 or x.shape[1] == 0:
-        raise ConfigError(f"{name} features are empty (shape {tuple(x.shape)}); pass at least one image")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-        raise ConfigError(f"{name} features (N, d) must be finite floats, as extract_features returns")
-    return x.detach()
-
-
-def _embed(x: torch.Tensor, extractor: nn.Module | None) -> torch.Tensor:
-    """(N, d) features of checked images ``x`` (:func:`extract_features`), or ``x`` if already features."""
-    return x if _is_features(x) else extract_features(x, extractor)
-
-
-# ---------------------------------------------------------------------------------------------
-# The test: samples against held-out images
+# The test: samples against a yardstick of real images
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MemorisationResult:
-    """How close samples and held-out real images sit to their nearest training images.
+    """How close samples and the yardstick's real images sit to their nearest training images.
+
+    The ``held_out_*`` fields hold the yardstick: held-out images' distances to the training set,
+    or with ``yardstick == "leave-one-out"`` each training image's distance to the *other* ones.
 
     Attributes:
         sample_distances: float64 (N,), each sample's distance to its nearest training image.
-        held_out_distances: float64 (M,), each held-out image's distance to its nearest training image.
+        held_out_distances: float64 (M,), each yardstick image's distance to its nearest training image.
         sample_neighbours: int64 (N,), the index of each sample's nearest training image (for
             :func:`plot_nearest_neighbours`).
         sample_median, held_out_median: the medians of the two distance arrays.
         median_ratio: sample_median / held_out_median (≈ 1: as new as unseen images; ≪ 1: copies).
-        near_copy_threshold: the 1st percentile of the held-out distances (the ⌈m/100⌉-th smallest).
+        near_copy_threshold: the 1st percentile of the yardstick distances (the ⌈m/100⌉-th smallest).
         near_copy_rate: the fraction of samples closer than that (≈ 1 % by chance).
-        near_copy_p_value: the chance of at least that many near-copies if samples and held-out
+        near_copy_p_value: the chance of at least that many near-copies if samples and yardstick
             images were exchangeable (exact: negative hypergeometric).
-        p_value: one-sided Mann–Whitney U test that sample distances are *smaller* than held-out ones.
+        p_value: one-sided Mann–Whitney U test that sample distances are *smaller* than the yardstick's.
         sample_relative, held_out_relative: float64 (N,) and (M,), each image's distance to its
             nearest training image over its distance to the second nearest (0 for an exact copy,
             near 1 for an image no closer to one training image than to the next).
         relative_near_copy_rate, relative_near_copy_p_value: as ``near_copy_rate`` and its p-value,
-            for those relative distances (below the held-out set's 1st percentile of them).
+            for those relative distances (below the yardstick's 1st percentile of them).
         relative_p_value: one-sided Mann–Whitney U test that the samples' relative distances are smaller.
         space: ``"pixels"`` or ``"features"``.
         extractor: the feature network's class name (``"precomputed features"`` when all sets were
             features), or ``None`` in pixel space.
         n_train: the number of training images searched.
+        yardstick: ``"held-out"`` (unseen images) or ``"leave-one-out"`` (the training images
+            against each other; see the module docstring).
     """
 
     sample_distances: np.ndarray
@@ -309,6 +190,7 @@ class MemorisationResult:
     space: str
     extractor: str | None
     n_train: int
+    yardstick: str = "held-out"
 
     @property
     def finding(self) -> str:
@@ -333,96 +215,102 @@ class MemorisationResult:
 
     @property
     def verdict(self) -> str:
-        """One sentence from the numbers: do the samples sit closer to the training images than unseen ones?"""
-        ratio, near = f"median ratio {self.median_ratio:.2f}", f"{_percent(self.near_copy_rate)} near-copies"
+        """One sentence from the numbers: do the samples sit closer to the training images than real
+        images do — unseen ones, or (leave-one-out) each training image to the others? It names its yardstick."""
+        loo = self.yardstick == "leave-one-out"
+        than = "the training images sit to one another" if loo else "unseen images do"  # the yardstick, in words
+        real = "training images get to another one" if loo else "unseen images get"
+        ratio = f"{self.yardstick} yardstick; median ratio {self.median_ratio:.2f}"
+        near = f"{_percent(self.near_copy_rate)} near-copies"
         finding, mostly_closer = self.finding, self.p_value < ALPHA and self.median_ratio < 1
         if finding == "copies" and self.median_ratio < COPY_RATIO:
-            return (f"samples sit much closer to the training images than unseen images do ({ratio}, {near}): "
+            return (f"samples sit much closer to the training images than {than} ({ratio}, {near}): "
                     f"the model copies its training data")
         if finding == "copies":
             return (f"{_percent(self.near_copy_rate)} of samples are near-copies of a training image (closer than 99% "
-                    f"of unseen images get; {ratio}): the model copies some of its training data")
+                    f"of {real}; {ratio}): the model copies some of its training data")
         if finding == "closer" and not mostly_closer:
             return (f"{_percent(self.near_copy_rate)} of samples are near-copies of a training image, more than the 1% "
                     f"chance gives (p = {self.near_copy_p_value:.2g}; {ratio}): possibly partial memorisation — look "
                     f"at the nearest neighbours")
         if finding == "closer":
-            return (f"samples sit somewhat closer to the training images than unseen images do ({ratio}, {near}, "
+            return (f"samples sit somewhat closer to the training images than {than} ({ratio}, {near}, "
                     f"p = {self.p_value:.2g}): possibly partial memorisation — look at the nearest neighbours")
         if finding == "smooth":
-            return (f"samples sit closer to the training images than unseen images do ({ratio}, {near}) but no closer "
+            return (f"samples sit closer to the training images than {than} ({ratio}, {near}) but no closer "
                     f"to their nearest than to their second nearest (median ratio of the two "
-                    f"{np.median(self.sample_relative):.2f}, unseen images {np.median(self.held_out_relative):.2f}): "
+                    f"{np.median(self.sample_relative):.2f}, real images {np.median(self.held_out_relative):.2f}): "
                     f"they are smoother than real images (a smooth image sits close to every training image), not copies")
         if self.median_ratio > FARTHER_RATIO:
-            return (f"samples sit farther from the training images than unseen images do ({ratio}, {near}): no sign "
+            return (f"samples sit farther from the training images than {than} ({ratio}, {near}): no sign "
                     f"of copying (but they differ from real images more than real images do)")
-        return (f"samples sit no closer to the training images than unseen images do ({ratio}, {near}): "
-                f"no sign of copying")
+        return f"samples sit no closer to the training images than {than} ({ratio}, {near}): no sign of copying"
 
     def __str__(self) -> str:
         where = self.space if self.extractor is None else f"{self.space}, {self.extractor}"
+        yardstick = (f"{len(self.held_out_distances)} training images, each against the others"
+                     if self.yardstick == "leave-one-out" else f"{len(self.held_out_distances)} held-out images")
         return (f"{self.verdict}. Nearest-training-image distance ({where}; {self.n_train} training images): "
                 f"median {self.sample_median:.4g} for {len(self.sample_distances)} samples vs "
-                f"{self.held_out_median:.4g} for {len(self.held_out_distances)} held-out images; "
-                f"Mann–Whitney p = {self.p_value:.2g}")
+                f"{self.held_out_median:.4g} for {yardstick}; Mann–Whitney p = {self.p_value:.2g}")
 
 
 def _percent(x: float) -> str:
     return f"{x:.0%}" if x == 0 or x >= 0.1 else f"{x:.1%}"
 
 
-def memorisation_test(samples: torch.Tensor, train_images: torch.Tensor, held_out_images: torch.Tensor, *,
-                      space: str = "pixels", extractor: nn.Module | None = None,
+def memorisation_test(samples: torch.Tensor, train_images: torch.Tensor, held_out_images: torch.Tensor | None = None,
+                      *, space: str = "pixels", extractor: nn.Module | None = None,
                       batch_size: int = DEFAULT_CHUNK) -> MemorisationResult:
-    """Do the samples sit closer to the training images than real images the model never saw?
+    """Do the samples sit closer to the training images than real images of the same kind do?
 
     Args:
         samples: generated images (N, 3, H, W), float in [-1, 1] or uint8 (N ≥ 2; a few hundred+).
-        train_images: the images the model was trained on (M ≥ 2, (M, 3, H, W)).
+        train_images: the images the model was trained on (M ≥ 2, or ≥ 3 for leave-one-out; (M, 3, H, W)).
         held_out_images: real images from the same source that were *not* trained on (≥ 2;
-            ≥ 100 for the near-copy rate to mean anything).
+            ≥ 100 for the near-copy rate to mean anything), e.g. from
+            :func:`~diffusion_utils.data.load_held_out`. ``None``: the model trained on every image
+            there is, so the yardstick is leave-one-out — each training image's distance to its
+            nearest other training image (why that is fair: the module docstring).
         space, extractor, batch_size: as for :func:`nearest_neighbours`; with
-            ``space="features"`` any of the three sets may be (N, d) features from
+            ``space="features"`` any of the sets may be (N, d) features from
             :func:`~diffusion_utils.features.extract_features` (each image set is embedded once).
 
     Returns:
         :class:`MemorisationResult`: both distance arrays, their medians and ratio, the near-copy
-        rate, the p-values and ``verdict`` (thresholds in the module docstring).
+        rate, the p-values and ``verdict`` (thresholds in the module docstring), and which
+        ``yardstick`` was used.
 
     Raises:
-        ConfigError: as for :func:`nearest_neighbours`, or fewer than 2 samples, training or held-out
-            images, or held-out images of which half or more are in the training set. (A UserWarning
-            when a few of them are: the held-out set should be disjoint from the training set.)
+        ConfigError: as for :func:`nearest_neighbours`, or too few samples, training or held-out
+            images, held-out images of which half or more are in the training set, or (leave-one-out)
+            a training set of which half or more are exact duplicates. (A UserWarning when a few
+            held-out images are in the training set: the held-out set should be disjoint from it.)
     """
     from scipy.stats import mannwhitneyu
 
-    _check_space(space, extractor)
+    loo = held_out_images is None
+    check_space(space, extractor)
     check_batch_size(batch_size)
-    samples, train_images, held_out_images = (
-        _check_set(x, name, space) for x, name in
-        ((samples, "samples"), (train_images, "train_images"), (held_out_images, "held_out_images")))
-    for x, name in ((samples, "samples"), (train_images, "training images"), (held_out_images, "held-out images")):
-        if len(x) < 2:
-            raise ConfigError(f"the memorisation test needs at least 2 {name} (a few hundred for clear numbers); "
-                              f"got {len(x)}")
+    samples, train_images = check_set(samples, "samples", space), check_set(train_images, "train_images", space)
+    held_out = None if loo else check_set(held_out_images, "held_out_images", space)
+    least_train = 3 if loo else 2  # leave-one-out: each training image needs two others (nearest, second nearest)
+    for x, name, least in ((samples, "samples", 2), (train_images, "training images", least_train),
+                           (held_out, "held-out images", 2)):
+        if x is not None and len(x) < least:
+            raise ConfigError(f"the memorisation test needs at least {least} {name} (a few hundred for clear "
+                              f"numbers); got {len(x)}")
     name = None
     if space == "features":  # embed each set once (the training set serves both searches)
-        extractor = _resolve_extractor(extractor, samples, train_images, held_out_images)
+        extractor = resolve_extractor(extractor, *(x for x in (samples, train_images, held_out) if x is not None))
         name = type(extractor).__name__ if extractor is not None else "precomputed features"
-        samples, train_images, held_out_images = (_embed(x, extractor) for x in (samples, train_images, held_out_images))
+        samples, train_images = embed_set(samples, extractor), embed_set(train_images, extractor)
+        held_out = None if loo else embed_set(held_out, extractor)
     sample_nn = nearest_neighbours(samples, train_images, k=2, space=space, batch_size=batch_size)
-    held_nn = nearest_neighbours(held_out_images, train_images, k=2, space=space, batch_size=batch_size)
+    held_nn = (leave_one_out_neighbours(train_images, k=2, space=space, batch_size=batch_size) if loo else
+               nearest_neighbours(held_out, train_images, k=2, space=space, batch_size=batch_size))
     sample_d, held_d = sample_nn.distances[:, 0].numpy(), held_nn.distances[:, 0].numpy()
-
-    held_median = float(np.median(held_d))
-    in_train = int((held_d == 0).sum())
-    if held_median == 0:
-        raise ConfigError(f"{in_train} of the {len(held_d)} held-out images are also in the training set; held-out "
-                          f"images must be ones the model never trained on")
-    if in_train:
-        warnings.warn(f"{in_train} of the {len(held_d)} held-out images are identical to a training image; the held-out "
-                      f"set should be disjoint from the training set", UserWarning, stacklevel=2)
+    held_median = _check_yardstick(held_d, loo)
     sample_rel, held_rel = _relative(sample_nn.distances), _relative(held_nn.distances)
     threshold, near_rate, near_p = _near_copies(sample_d, held_d)
     _, rel_rate, rel_p = _near_copies(sample_rel, held_rel)
@@ -435,7 +323,23 @@ def memorisation_test(samples: torch.Tensor, train_images: torch.Tensor, held_ou
         sample_relative=sample_rel, held_out_relative=held_rel,
         relative_near_copy_rate=rel_rate, relative_near_copy_p_value=rel_p,
         relative_p_value=float(mannwhitneyu(sample_rel, held_rel, alternative="less").pvalue),
-        space=space, extractor=name, n_train=len(train_images))
+        space=space, extractor=name, n_train=len(train_images), yardstick=YARDSTICKS[loo])
+
+
+def _check_yardstick(distances: np.ndarray, loo: bool) -> float:
+    """The yardstick distances' median, after checking that they are not mostly zero (training images
+    among the held-out ones, or — leave-one-out — duplicated in the training set)."""
+    median, zero = float(np.median(distances)), int((distances == 0).sum())
+    if loo and median == 0:
+        raise ConfigError(f"{zero} of the {len(distances)} training images have an exact duplicate among them; "
+                          f"the leave-one-out yardstick needs distinct images: remove the duplicates")
+    if median == 0:
+        raise ConfigError(f"{zero} of the {len(distances)} held-out images are also in the training set; held-out "
+                          f"images must be ones the model never trained on")
+    if zero and not loo:  # leave-one-out: a duplicated photo is part of the data, as it would be for a held-out one
+        warnings.warn(f"{zero} of the {len(distances)} held-out images are identical to a training image; the held-out "
+                      f"set should be disjoint from the training set", UserWarning, stacklevel=3)
+    return median
 
 
 def _relative(distances: torch.Tensor) -> np.ndarray:
@@ -466,14 +370,16 @@ def plot_memorisation(result: MemorisationResult, path: str | os.PathLike | None
     out too), else into a new figure; saved as a PNG at ``path`` if given; returns the figure."""
     fig = Figure(figsize=(7, 4)) if ax is None else ax.figure
     ax = fig.add_subplot() if ax is None else ax
+    yardstick = ("training images → the other training images (leave-one-out)" if result.yardstick == "leave-one-out"
+                 else "held-out real images → train")
     bins = np.histogram_bin_edges(np.concatenate([result.sample_distances, result.held_out_distances]), bins=40)
     for distances, median, label, colour in (
-            (result.held_out_distances, result.held_out_median, "held-out real images → train", "tab:blue"),
+            (result.held_out_distances, result.held_out_median, yardstick, "tab:blue"),
             (result.sample_distances, result.sample_median, "samples → train", "tab:orange")):
         ax.hist(distances, bins=bins, density=True, alpha=0.5, color=colour, label=f"{label} ({len(distances)})")
         ax.axvline(median, color=colour, ls="--", label=f"median {median:.4g}")
     ax.axvline(result.near_copy_threshold, color="k", ls=":",
-               label=f"near-copy threshold (held-out {NEAR_COPY_PERCENTILE:g}st percentile)")
+               label=f"near-copy threshold (the real images' {NEAR_COPY_PERCENTILE:g}st percentile)")
     where = "pixels, [-1, 1]" if result.extractor is None else f"features, {result.extractor}"
     ax.set_xlabel(f"distance to the nearest of {result.n_train} training images ({where})")
     ax.set_ylabel("density")
@@ -482,58 +388,5 @@ def plot_memorisation(result: MemorisationResult, path: str | os.PathLike | None
     return _finish(fig, path)
 
 
-def plot_nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor, indices,
-                            path: str | os.PathLike | None = None, n: int = 8, *, distances=None) -> Figure:
-    """The first ``n`` samples (top row), each above its nearest training images, nearest first.
-
-    ``indices``: (N, k) or (N,) indices into ``train_images``, e.g. ``nearest_neighbours(...).indices``
-    or ``MemorisationResult.sample_neighbours``; ``distances`` (same shape), if given, label each
-    neighbour. To see the most suspicious samples, pass them sorted: ``order = distances[:, 0].argsort()``,
-    then ``samples[order]``, ``indices[order]``. Saved as a PNG at ``path`` if given; returns the figure.
-    """
-    indices = _cpu_tensor(indices).long()
-    indices = indices[:, None] if indices.ndim == 1 else indices
-    if distances is not None:
-        distances = _cpu_tensor(distances).double().reshape(indices.shape)
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer; got {n!r}")
-    samples, train_images = _check_images(samples, "samples"), _check_images(train_images, "train_images")
-    if indices.ndim != 2 or len(indices) != len(samples):
-        raise ConfigError(f"indices must be (N, k) or (N,) with N = {len(samples)} (one row per sample); got shape "
-                          f"{tuple(indices.shape)}")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(train_images)):
-        raise ConfigError(f"indices must be in [0, {len(train_images)}) (the training images); got values in "
-                          f"[{int(indices.min())}, {int(indices.max())}]")
-    n, k = min(n, len(samples)), indices.shape[1]
-    fig = Figure(figsize=(1.3 * n + 1.2, 1.45 * (k + 1) + 0.6))
-    for c in range(n):
-        for r in range(k + 1):
-            ax = fig.add_subplot(k + 1, n, r * n + c + 1)
-            image = samples[c:c + 1] if r == 0 else train_images[int(indices[c, r - 1])][None]
-            ax.imshow(grid_image(image, padding=0), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"sample {c}", fontsize=8)
-            else:
-                label = f"train #{int(indices[c, r - 1])}"
-                if distances is not None:
-                    label += f"\nd = {float(distances[c, r - 1]):.3g}"
-                ax.set_xlabel(label, fontsize=7)
-            if c == 0:
-                ax.set_ylabel("sample" if r == 0 else "nearest" if r == 1 else f"{_ordinal(r)} nearest", fontsize=8)
-    fig.suptitle(f"Each sample (top) and its {'nearest training image' if k == 1 else f'{k} nearest training images'} "
-                 f"(below)", fontsize=10)
-    return _finish(fig, path)
-
-
-def _cpu_tensor(x) -> torch.Tensor:
-    return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-
-
-def _ordinal(r: int) -> str:
-    return f"{r}{'nd' if r == 2 else 'rd' if r == 3 else 'th'}"
-
-
-__all__ = ["MemorisationResult", "Neighbours", "memorisation_test", "nearest_neighbours", "plot_memorisation",
-           "plot_nearest_neighbours"]
+__all__ = ["MemorisationResult", "Neighbours", "leave_one_out_neighbours", "memorisation_test", "nearest_neighbours",
+           "plot_memorisation", "plot_nearest_neighbours"]

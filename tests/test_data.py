@@ -21,8 +21,10 @@ from PIL import Image
 import diffusion_utils.data as data
 import diffusion_utils.flowers102 as flowers102
 import diffusion_utils.image_cache as image_cache
-from diffusion_utils import ConfigError, DataError, DiffusionError, ImageDataset, load_dataset, make_synthetic_flowers
+from diffusion_utils import (ConfigError, DataError, DiffusionError, ImageDataset, load_dataset, load_held_out,
+                             make_synthetic_flowers)
 from diffusion_utils.batches import epoch_batches
+from diffusion_utils.data import subset_indices
 from diffusion_utils.flowers102 import FLOWERS102_MIRRORS
 from diffusion_utils.image_cache import cache_path_for, preprocess
 
@@ -264,6 +266,54 @@ def test_folder_max_images_is_a_seeded_subset(image_folder, tmp_path):
     assert len(load_dataset(str(folder), S, max_images=100, **kw)) == len(full)
 
 
+def test_held_out_is_the_complement_of_the_max_images_subset(image_folder, tmp_path):
+    """load_held_out returns exactly the images a max_images/seed run left out: with the training
+    subset they partition the source, in order, the same for the same seed; n picks among them."""
+    folder, _ = image_folder
+    kw = dict(cache_dir=tmp_path / "cache", progress=False)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        full = load_dataset(str(folder), S, **kw)
+    for seed in (0, 1, 7):
+        train = load_dataset(str(folder), S, max_images=4, seed=seed, **kw)
+        held = load_held_out(str(folder), S, max_images=4, seed=seed, **kw)
+        kept = subset_indices(len(full), 4, seed)
+        rest = torch.tensor([i for i in range(len(full)) if i not in set(kept.tolist())])
+        assert torch.equal(train.images, full.images[kept])  # what training used ...
+        assert torch.equal(held.images, full.images[rest])  # ... and everything else
+        assert len(train) + len(held) == len(full) and len(held) == len(full) - 4
+        assert torch.equal(load_held_out(str(folder), S, max_images=4, seed=seed, **kw).images, held.images)
+        pick = load_held_out(str(folder), S, max_images=4, seed=seed, n=3, **kw)
+        assert len(pick) == 3 and torch.equal(pick.images, load_held_out(str(folder), S, max_images=4, seed=seed,
+                                                                          n=3, **kw).images)
+        rows = [img.numpy().tobytes() for img in held.images]
+        assert all(img.numpy().tobytes() in rows for img in pick.images)
+    assert held.name == "images, held out" and str(folder) not in repr(held)
+    other = load_held_out(str(folder), S, max_images=4, seed=1, **kw).images
+    assert not torch.equal(other, load_held_out(str(folder), S, max_images=4, seed=0, **kw).images)
+
+
+def test_synthetic_held_out_flowers_are_the_next_ones_drawn():
+    train = load_dataset("synthetic", S, max_images=20, seed=3)
+    held = load_held_out("synthetic", S, max_images=20, seed=3, n=10)
+    assert held.images.shape == (10, 3, S, S) and held.labels.shape == (10,)
+    assert torch.equal(held.images, make_synthetic_flowers(30, S, seed=3)[20:])
+    trained_rows = {img.numpy().tobytes() for img in train.images}
+    assert not any(img.numpy().tobytes() in trained_rows for img in held.images)  # disjoint
+    assert torch.equal(load_held_out("synthetic", S, max_images=20, seed=3, n=10).images, held.images)
+    assert len(load_held_out("synthetic", S, max_images=20, seed=3)) == 20  # as many as were trained on
+
+
+@pytest.mark.parametrize("max_images", [None, 9, 100])
+def test_no_held_out_images_when_every_image_was_trained_on(image_folder, tmp_path, max_images):
+    """A run on the whole source left nothing out: one line that points at the leave-one-out yardstick."""
+    folder, _ = image_folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the corrupt file's warning
+        with pytest.raises(DataError) as info:
+            load_held_out(str(folder), S, max_images=max_images, cache_dir=tmp_path / "cache", progress=False)
+    assert "leave-one-out" in one_line(info.value) and str(folder) not in str(info.value)
+
+
 @pytest.mark.parametrize("case", ["empty", "only_junk", "missing"])
 def test_empty_or_missing_folder_raises_one_line_data_error(tmp_path, case):
     """A folder without images, or no folder at all, is a one-line DataError that names it."""
@@ -414,6 +464,17 @@ def test_real_shared_flowers102_copy(flowers_root, tmp_path):
     assert len(sub) == 50
     full_rows = {img.numpy().tobytes() for img in ds.images}
     assert all(img.numpy().tobytes() in full_rows for img in sub.images)
+    # the quick preset's 2 048 and the photos it never saw: disjoint, together all of them, with their labels
+    train = load_dataset("flowers102", 32, root=flowers_root, download=False, cache_dir=cache, max_images=2048,
+                         progress=False)
+    held = load_held_out("flowers102", 32, root=flowers_root, download=False, cache_dir=cache, max_images=2048,
+                         progress=False)
+    assert len(held) == 7985 - 2048 and held.num_classes == 102
+    kept = subset_indices(7985, 2048, 0)
+    rest = torch.ones(7985, dtype=torch.bool)
+    rest[kept] = False
+    assert torch.equal(train.images, ds.images[kept]) and torch.equal(held.images, ds.images[rest])
+    assert torch.equal(held.labels, ds.labels[rest])
     after = sorted(p.name for p in base.iterdir()) + sorted(p.name for p in flowers_root.iterdir())
     assert before == after
 

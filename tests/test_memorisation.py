@@ -1,10 +1,12 @@
-"""Memorisation (diffusion_utils.memorisation): nearest training neighbours and the held-out test.
+"""Memorisation (diffusion_utils.memorisation, .neighbours): nearest training neighbours and the test.
 
-The search is checked against a brute-force numpy computation and against itself in one chunk.
+The search is checked against a brute-force numpy computation and against itself in one chunk;
+the leave-one-out search against the same brute force with each image's own distance masked.
 The test is checked on the two cases it must tell apart, built from synthetic flowers at 16 px:
 "samples" that are copies of training images plus a little noise (a model that memorised), and
 "samples" that are fresh flowers from the same generator, disjoint from the training images (a
-model that generalises). All offline: pixels, or the small RandomConvFeatures — no Inception.
+model that generalises) — against held-out images and against the leave-one-out yardstick (the
+training images' distances to each other, for a model that trained on every image). All offline: pixels, or the small RandomConvFeatures — no Inception.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from torchvision.transforms.functional import gaussian_blur
 
 from diffusion_utils.errors import ConfigError
 from diffusion_utils.features import RandomConvFeatures, extract_features
-from diffusion_utils.memorisation import (COPY_RATIO, MemorisationResult, Neighbours, memorisation_test, nearest_neighbours,
-                                          plot_memorisation, plot_nearest_neighbours)
+from diffusion_utils.memorisation import (COPY_RATIO, MemorisationResult, Neighbours, leave_one_out_neighbours,
+                                          memorisation_test, nearest_neighbours, plot_memorisation, plot_nearest_neighbours)
 from diffusion_utils.pixels import to_model_range
 from diffusion_utils.synthetic import make_synthetic_flowers
 
@@ -102,6 +104,31 @@ def test_feature_space_is_the_search_over_extracted_features(flowers):
     assert torch.equal(result.indices, brute.argsort(dim=1)[:, :3])
 
 
+def test_leave_one_out_is_the_search_without_each_images_own_row():
+    images = random_images(30, seed=8)
+    images[17] = images[4]  # an exact duplicate: each finds the other, at 0.0
+    found = leave_one_out_neighbours(images, k=3, batch_size=7)
+    assert found.indices.shape == found.distances.shape == (30, 3)
+    assert not (found.indices == torch.arange(30)[:, None]).any()  # never itself
+    x = images.double().flatten(1).numpy()
+    brute = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(brute, np.inf)  # leave each image's own distance out
+    np.testing.assert_allclose(found.distances.numpy(), np.sort(brute, axis=1)[:, :3], rtol=1e-12, atol=1e-12)
+    assert (found.indices[4, 0], found.indices[17, 0]) == (17, 4)
+    assert found.distances[4, 0] == found.distances[17, 0] == 0.0
+    # the indices point at those distances (the duplicates tie for others: either may come first)
+    np.testing.assert_allclose(np.take_along_axis(brute, found.indices.numpy(), 1), found.distances.numpy(), rtol=1e-12)
+
+
+def test_leave_one_out_in_feature_space_embeds_the_set_once(flowers):
+    train = flowers[0][:40]
+    extractor = RandomConvFeatures()
+    from_images = leave_one_out_neighbours(train, k=2, space="features", extractor=extractor)
+    from_features = leave_one_out_neighbours(extract_features(train, extractor), k=2, space="features")
+    assert torch.equal(from_images.indices, from_features.indices)
+    torch.testing.assert_close(from_images.distances, from_features.distances)
+
+
 # ---------------------------------------------------------------------------------------------
 # memorisation_test
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +189,45 @@ def test_a_few_copies_among_fresh_samples_raise_the_near_copy_rate(flowers, copi
     assert "near-copies" in result.verdict and "copies some" in result.verdict
 
 
+@pytest.mark.parametrize("space", ["pixels", "features"])
+def test_leave_one_out_still_calls_noisy_copies_copies(flowers, copies, space):
+    """No held-out images (a model trained on every image): the yardstick is each training image's
+    distance to its nearest other one — and a model that copies is still caught."""
+    train, _, _ = flowers
+    extractor = RandomConvFeatures() if space == "features" else None
+    result = memorisation_test(copies[0], train, space=space, extractor=extractor)
+    assert result.yardstick == "leave-one-out"
+    assert result.held_out_distances.shape == (N_TRAIN,)  # every training image, against the others
+    assert result.median_ratio < 0.5 and result.near_copy_rate > 0.9 and result.p_value < 1e-10
+    assert result.finding == "copies"
+    assert "much closer" in result.verdict and "leave-one-out yardstick" in result.verdict
+    assert "the training images sit to one another" in result.verdict
+    assert "each against the others" in str(result)
+
+
+@pytest.mark.parametrize("space", ["pixels", "features"])
+def test_leave_one_out_passes_fresh_images_from_the_same_distribution(flowers, space):
+    """Two disjoint real sets: the fresh images sit no closer to the training set than its own
+    images sit to one another, and the yardstick agrees with a held-out set's."""
+    train, held_out, fresh = flowers
+    extractor = RandomConvFeatures() if space == "features" else None
+    result = memorisation_test(fresh, train, space=space, extractor=extractor)
+    assert 0.85 < result.median_ratio < 1.15 and result.p_value > 0.05 and result.near_copy_rate < 0.08
+    assert result.finding == "none"
+    assert result.verdict.startswith("samples sit no closer") and "leave-one-out yardstick" in result.verdict
+    held = memorisation_test(fresh, train, held_out, space=space, extractor=extractor)
+    assert held.yardstick == "held-out" and "held-out yardstick" in held.verdict
+    assert result.held_out_median == pytest.approx(held.held_out_median, rel=0.1)
+
+
+def test_leave_one_out_refuses_a_training_set_of_duplicates(flowers):
+    train, _, fresh = flowers
+    with pytest.raises(ConfigError, match="exact duplicate"):
+        memorisation_test(fresh, torch.cat([train[:20], train[:20]]))
+    with pytest.raises(ConfigError, match="at least 3 training images"):
+        memorisation_test(fresh, train[:2])
+
+
 def test_held_out_images_that_are_training_images_are_refused(flowers):
     train, held_out, fresh = flowers
     with pytest.raises(ConfigError, match="held-out images"):
@@ -184,6 +250,10 @@ def test_plot_memorisation_draws_both_distributions(flowers, copies, tmp_path):
     assert "copies" in ax.get_title()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("samples" in t for t in labels) and any("held-out" in t for t in labels)
+
+    loo = plot_memorisation(memorisation_test(copies[0], flowers[0]))
+    labels = [t.get_text() for t in loo.axes[0].get_legend().get_texts()]
+    assert any("leave-one-out" in t for t in labels) and "leave-one-out" in loo.axes[0].get_title()
 
     outer = Figure()
     own_ax = outer.add_subplot()
@@ -223,6 +293,7 @@ BAD_SEARCHES = {
     "empty": (lambda q, r: nearest_neighbours(q[:0], r), "empty"),
     "out of range": (lambda q, r: nearest_neighbours(q * 3, r), r"\[-1, 1\]"),
     "NaN": (lambda q, r: nearest_neighbours(q * float("nan"), r), "NaN"),
+    "leave-one-out k = M": (lambda q, r: leave_one_out_neighbours(r, k=len(r)), "the other images"),
     "bad space": (lambda q, r: nearest_neighbours(q, r, space="latent"), "space must be"),
     "extractor in pixel space": (lambda q, r: nearest_neighbours(q, r, extractor=RandomConvFeatures()), "only used"),
     "bad batch size": (lambda q, r: nearest_neighbours(q, r, batch_size=0), "batch_size"),
