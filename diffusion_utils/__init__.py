@@ -68,9 +68,22 @@ from .visualization import (grid_image, loss_label, plot_epoch_table, plot_image
                             plot_sampler_curve,
                             plot_schedules, plot_time_embedding, plot_unet, save_animation, save_gif, save_grid, save_stages_animation,
                             save_large_sample, show_images)
-from .widgets import DenoisingSlider, GuidanceWidget, LiveTrainingView, denoising_slider, guidance_widget
 
 __version__ = "0.1.0"
+
+# The widgets subclass ipywidgets.VBox, so their module cannot load without ipywidgets (a notebook
+# extra): it is imported on first use of one of these names, and `import diffusion_utils` and the
+# CLI work without it.
+_WIDGET_NAMES = ("DenoisingSlider", "GuidanceWidget", "LiveTrainingView", "denoising_slider", "guidance_widget")
+
+
+def __getattr__(name: str):
+    """The widget names, from :mod:`~diffusion_utils.widgets` when first asked for."""
+    if name in _WIDGET_NAMES:
+        from . import widgets
+
+        return getattr(widgets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CHECKPOINT_NAME", "DATA_ENV", "PRESET_ENV", "CheckpointError", "ConfigError", "DataError",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import time
 
-import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
@@ -29,6 +28,12 @@ from .guidance import check_guidance_scale, class_ids
 from .pixels import to_uint8
 from .sampling import Trajectory, sample
 from .visualization import draw_loss, grid_image, loss_label, trajectory_grids
+
+try:
+    import ipywidgets as widgets
+except ImportError:  # a one-line message instead of a bare ModuleNotFoundError
+    raise ImportError('the notebook widgets need ipywidgets: pip install "diffusion-utils[notebooks]" '
+                      '(or pip install ipywidgets)') from None
 
 
 def encode_png(array) -> bytes:
