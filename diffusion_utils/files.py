@@ -166,6 +166,13 @@ def lock_run_folder(folder: str | os.PathLike):
     Creates ``folder`` if needed and, if the block fails, removes the folders it created as long
     as they are empty, so a refused run leaves the disk as it found it. A lock file left by a run
     that died is taken over with a warning that names it. Re-entrant within one process.
+
+    Why not the ``filelock`` package: it takes the same ``flock``, but it does not keep what the
+    refusal and the clean-up promise. Its 3.x releases open the lock file with ``O_TRUNC``, so a
+    refused run would erase the owner's pid before it could name it; no release deletes the lock
+    file afterwards (4.x keeps it on purpose, so waiters share one inode), so every finished run
+    would leave one behind and the stale-lock warning could not tell a dead run from a finished
+    one; and what is re-entrant there is one lock object, not a folder within a process.
     """
     folder = check_output_folder(folder)
     key = folder.resolve()
