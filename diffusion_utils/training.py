@@ -31,7 +31,7 @@ from . import distributed
 from .config import TrainConfig
 from .errors import ConfigError, TrainingDiverged
 from .flow import flow_loss
-from .loss import diffusion_loss
+from .loss import LossSettings, diffusion_loss
 from .model import UNet
 from .precision import bf16_available
 from .schedule import schedule_for
@@ -100,6 +100,7 @@ class TrainState:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.schedule = schedule_for(config).to(device)  # a NoiseSchedule, or a flow model's FlowPath
+        self.loss_settings = LossSettings.from_config(config)  # min-SNR's γ, label drops, the condition's noise
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.autocast_dtype = torch.bfloat16 if config.bf16 and bf16_available(device) else None
@@ -157,11 +158,9 @@ def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = Non
                          autocast_dtype=state.autocast_dtype, y=None if y is None else y.to(state.device),
                          p_uncond=config.p_uncond, shard=(ranks.rank, ranks.world_size))
     else:
-        loss = diffusion_loss(state.network, state.schedule, x0,
-                              generator=state.noise_rng, loss_weighting=config.loss_weighting,
-                              snr_gamma=config.snr_gamma, autocast_dtype=state.autocast_dtype,
-                              y=None if y is None else y.to(state.device), p_uncond=config.p_uncond,
-                              shard=(ranks.rank, ranks.world_size), cond=cond, cond_aug_max=config.cond_aug_max)
+        loss = diffusion_loss(state.network, state.schedule, x0, y=None if y is None else y.to(state.device),
+                              cond=cond, generator=state.noise_rng, shard=(ranks.rank, ranks.world_size),
+                              settings=state.loss_settings, autocast_dtype=state.autocast_dtype)
     loss_value = distributed.mean_over_ranks(loss.detach(), ranks).item()
     if not math.isfinite(loss_value):
         raise TrainingDiverged(f"loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "

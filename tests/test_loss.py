@@ -12,7 +12,7 @@ from torch import nn
 
 from diffusion_utils import ConfigError, NoiseSchedule
 from diffusion_utils.distributed import shard_slice
-from diffusion_utils.loss import diffusion_loss
+from diffusion_utils.loss import LossSettings, diffusion_loss
 
 from conftest import tiny_unet
 
@@ -207,3 +207,27 @@ def test_each_rank_sees_the_draws_of_its_rows_of_the_global_batch(schedule, x0):
         (x_t, t, _), (x_t_all, t_all, _) = half.calls[0], whole.calls[0]
         assert torch.equal(t, t_all[mine]) and torch.allclose(x_t, x_t_all[mine])
     assert (halves[0] + halves[1]).item() / 2 == pytest.approx(loss.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective's settings, as one value or as keywords
+# ---------------------------------------------------------------------------------------------
+def test_loss_settings_from_a_config_give_the_loss_its_keywords_give(schedule, x0):
+    """LossSettings.from_config carries the config's weighting, γ, label dropout and condition noise;
+    diffusion_loss with settings= is bit-for-bit the loss with the same fields as keywords."""
+    from diffusion_utils import TrainConfig
+
+    config = TrainConfig(loss_weighting="min_snr", snr_gamma=2.0, p_uncond=0.3, task="sr", img_size=64,
+                         cond_aug_max=40)
+    settings = LossSettings.from_config(config)
+    assert settings == LossSettings(loss_weighting="min_snr", snr_gamma=2.0, p_uncond=0.3, cond_aug_max=40)
+    net = tiny_unet(8, prediction="v")
+    by_value = diffusion_loss(net, schedule, x0, generator=_gen(6), settings=settings)
+    by_name = diffusion_loss(net, schedule, x0, generator=_gen(6), loss_weighting="min_snr", snr_gamma=2.0,
+                             p_uncond=0.3, cond_aug_max=40)
+    assert torch.equal(by_value, by_name)
+    assert not torch.equal(by_value, diffusion_loss(net, schedule, x0, generator=_gen(6)))
+    with pytest.raises(TypeError, match="not both"):
+        diffusion_loss(net, schedule, x0, settings=settings, snr_gamma=2.0)
+    with pytest.raises(TypeError):
+        diffusion_loss(net, schedule, x0, loss_weightin="min_snr")  # a misspelt field is no silent default
