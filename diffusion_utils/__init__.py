@@ -12,7 +12,8 @@ One module per idea, each readable top to bottom (docs/package.md lists them in 
   training batches from :mod:`~diffusion_utils.batches`)
 - :mod:`~diffusion_utils.loss` — :func:`diffusion_loss`, Algorithm 1: the training loss in one function
 - :mod:`~diffusion_utils.training` — Algorithm 1: :class:`TrainState`, :func:`train_step`, the lr rule, the EMA
-- :mod:`~diffusion_utils.run` — the run around it: the loop, checks, checkpoints, Ctrl-C, NaN, :class:`RunHooks`
+- :mod:`~diffusion_utils.run` — the run around it: the loop, checks, checkpoints, Ctrl-C, NaN
+  (where it starts from: :mod:`~diffusion_utils.run_start`; its hooks: :mod:`~diffusion_utils.run_hooks`, :class:`RunHooks`)
 - :mod:`~diffusion_utils.run_figures` — :func:`train`: a run that also draws its figures
 - :mod:`~diffusion_utils.distributed` — several processes under ``torchrun`` (DistributedDataParallel)
 - :mod:`~diffusion_utils.checkpoint` — saving, loading and resuming
@@ -62,7 +63,8 @@ from .sampling import Trajectory, p_sample, sample, sample_trajectory, to_uint8
 from .schedule import NoiseSchedule
 from .superres import ConditionedModel, noised_condition, sample_cascade, upsample, upsample_trajectory
 from .training import TrainState, ema_decay_at, make_ema, train_step
-from .run import RunHooks, TrainingInterrupted, TrainingRun, TrainResult, run_training
+from .run import TrainingInterrupted, TrainingRun, TrainResult, run_training
+from .run_hooks import RunHooks
 from .run_figures import RunFigures, train
 from .visualization import (grid_image, loss_label, plot_epoch_table, plot_image_rows, plot_loss, plot_sampler_comparison,
                             plot_sampler_curve,

@@ -12,8 +12,9 @@ This module holds the run, which reads, two levels deep (:meth:`TrainingRun.trai
 Around that loop:
 
 - **Checks before any work**, in two stages: creating a :class:`TrainingRun` checks what needs no
-  data (the config, resume vs init_from, the checkpoints' networks, the epochs already trained);
-  :meth:`TrainingRun.prepare` checks what needs it (image size, classes, the batch split).
+  data (the config, resume vs init_from, the checkpoints' networks, the epochs already trained:
+  :mod:`~diffusion_utils.run_start`); :meth:`TrainingRun.prepare` checks what needs it (image
+  size, classes, the batch split).
 - **Checkpoints** after every epoch, atomically; only finite weights are ever saved, so the file on
   disk is always the last good one. ``resume=True`` continues from it exactly (the same losses as
   an uninterrupted run, on the CPU); ``init_from`` starts a new run from another run's EMA weights.
@@ -21,8 +22,9 @@ Around that loop:
   :class:`TrainingInterrupted`; a second stops at once. A NaN loss, or weights that became NaN or
   infinite, raise :class:`~diffusion_utils.errors.TrainingDiverged` naming the step and the last
   good checkpoint. Steps are counted from 1, as the progress bar counts them.
-- **Hooks** (:class:`RunHooks`) are called at the start, after every step, after every epoch and at
-  the end: the figures (:mod:`~diffusion_utils.run_figures`) and the live training view use them.
+- **Hooks** (:class:`~diffusion_utils.run_hooks.RunHooks`) are called at the start, after every
+  step, after every epoch and at the end: the figures (:mod:`~diffusion_utils.run_figures`) and
+  the live training view use them.
 - **Several processes** (``torchrun``): each rank takes its slice of every global batch; rank 0
   alone keeps the EMA, draws the samples and writes files (:mod:`~diffusion_utils.distributed`).
 """
@@ -41,13 +43,14 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .batches import batches_per_epoch, epoch_batches
-from .checkpoint import CHECKPOINT_NAME, check_compatible, first_non_finite, load_checkpoint, load_model, save_checkpoint
-from .checks import resolve_device
+from .checkpoint import CHECKPOINT_NAME, first_non_finite, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
 from .files import check_output_folder, lock_run_folder, remove_stale_temp_files
 from .model import UNet
+from .run_hooks import outputs_of
+from .run_start import check_init_from, init_weights_from, resumable, run_device, with_classes_of
 from .pixels import to_model_range, to_uint8
 from .sampling import sample
 from .schedule import NoiseSchedule
@@ -79,51 +82,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, checkpoint: Path | None):
         super().__init__(message)
         self.checkpoint = checkpoint
-
-
-class RunHooks:
-    """Code called at four moments of a run; subclass it and override what you need.
-
-    ``outputs``: what the hook writes into the run's folder ("/" marks a folder), checked with the
-    checkpoint before the run starts. Under ``torchrun`` every rank calls its hooks: write files
-    only where ``run.ranks.is_main``.
-    """
-
-    outputs: tuple[str, ...] = ()
-
-    def start(self, run: TrainingRun) -> None:
-        """Before the first step: ``run.state`` and ``run.total_steps`` are set."""
-
-    def after_step(self, run: TrainingRun, loss: float) -> None:
-        """After every optimiser step; ``run.state.step`` counts it (from 1)."""
-
-    def end_of_epoch(self, run: TrainingRun) -> None:
-        """After an epoch's checkpoint: ``run.state.epoch`` epochs are done, and
-        ``run.state.epoch_grids`` holds this epoch's samples if it drew any."""
-
-    def end(self, run: TrainingRun) -> None:
-        """After the last epoch (not after Ctrl-C or a divergence)."""
-
-
-class StepCallbacks(RunHooks):
-    """Two plain functions as hooks: ``on_start(state, total_steps)`` before the first step and
-    ``on_step(step, loss)`` after every step (what :class:`~diffusion_utils.LiveTrainingView` gives)."""
-
-    def __init__(self, on_start=None, on_step=None):
-        self.on_start, self.on_step = on_start, on_step
-
-    def start(self, run: TrainingRun) -> None:
-        if self.on_start is not None:
-            self.on_start(run.state, run.total_steps)
-
-    def after_step(self, run: TrainingRun, loss: float) -> None:
-        if self.on_step is not None:
-            self.on_step(run.state.step, loss)
-
-
-def outputs_of(hooks) -> tuple[str, ...]:
-    """What a run with ``hooks`` writes into its folder: the checkpoint and each hook's outputs."""
-    return (CHECKPOINT_NAME, *(name for hook in hooks for name in hook.outputs))
 
 
 def run_training(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: ImageDataset | None = None,
@@ -166,7 +124,7 @@ class TrainingRun:
         init_from: a new run (step 0, fresh optimizer) whose weights start from this checkpoint's
             EMA weights (see :func:`init_weights_from`).
         progress: show a progress bar (rank 0 only).
-        hooks: :class:`RunHooks` to call.
+        hooks: :class:`~diffusion_utils.run_hooks.RunHooks` to call.
         ranks: this process's place among several (default: :func:`distributed.current`).
     """
 
@@ -177,24 +135,38 @@ class TrainingRun:
         if resume and init_from is not None:
             raise ConfigError("resume (--resume) continues a run and init_from (--init-from) starts a new one; "
                               "pass only one")
+        # Where the run writes and trains: known before anything is read.
         self.out_dir, self.hooks = Path(out_dir), list(hooks)
         self.ranks = ranks or distributed.current()
         self.device = run_device(config, self.ranks)
-        self.progress = progress and self.ranks.is_main
+        self.progress = progress and self.ranks.is_main  # rank 0 alone shows progress
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         if self.ranks.is_main:
             remove_stale_temp_files(self.out_dir, CHECKPOINT_NAME)  # left by a killed run; no live writer now
-        self.resumed = self.saved_step = None  # the checkpoint to continue; the step of this run's checkpoint
+        # What it starts from, checked without the data: its own checkpoint, or another run's weights.
+        self.resumed: dict | None = None  # the checkpoint to continue, until prepare() moves it into the state
+        self.saved_step: int | None = None  # the step of the last checkpoint of this run on disk
         if resume:
             self.resumed, config = resumable(self.checkpoint_path, config)
             self.saved_step = self.resumed["step"]
-        self.init_from, self.init_config = init_from, None  # the checkpoint to start from, and its config
+        self.init_from = init_from  # a checkpoint whose EMA weights start a new run
+        self.init_config = None if init_from is None else load_checkpoint(init_from)["config"]
         if init_from is not None:
-            self.init_config = load_checkpoint(init_from)["config"]
             check_init_from(self.init_config, config, init_from)
-        self.config = config
-        self.state: TrainState | None = None
-        self.total_steps = 0
+        self.config = config  # prepare() fills in the data's classes
+        # Set by prepare(), from the data.
+        self.dataset: ImageDataset | None = None
+        self.labels: torch.Tensor | None = None  # the dataset's labels, for a class-conditional run
+        self.state: TrainState | None = None  # everything a step reads and writes (and a checkpoint holds)
+        self.total_steps = 0  # where the run ends
+        self.grid_noise: torch.Tensor | None = None  # x_T of every per-epoch sample grid, the same each time
+        self.grid_low_res: torch.Tensor | None = None  # an upsampler's grids: the same real images, shrunk
+        # Set by the loop (train()).
+        self.ctrl_c = _StopOnCtrlC()  # while the loop runs, the first Ctrl-C asks for a stop after the step
+        self.bar: tqdm | None = None  # the progress bar
+        self.start_time, self.start_step = 0.0, 0  # the clock and the state's step at this process's first step
+        self.epoch_start_rng: torch.Tensor | None = None  # the data generator as the epoch began (a checkpoint saves it)
+        self.seconds = 0.0  # the loop's wall time
 
     def load_data(self, cache_dir: str | Path | None = None, load=load_dataset) -> ImageDataset:
         """The config's images (``load``: :func:`~diffusion_utils.load_dataset`, or a function
@@ -239,7 +211,7 @@ class TrainingRun:
         good checkpoint stays) and :class:`TrainingInterrupted` on Ctrl-C.
         """
         state, config = self.state, self.config
-        self._begin()
+        self._start()
         with self._stopping():
             while state.epoch < config.num_epochs:  # Algorithm 1: repeat …
                 for x0, y in self._epoch_batches():
@@ -251,7 +223,7 @@ class TrainingRun:
             hook.end(self)
         return self.result()
 
-    def _begin(self) -> None:
+    def _start(self) -> None:
         """Before the first step: the hooks' start, the progress bar, the clock."""
         for hook in self.hooks:
             hook.start(self)
@@ -339,7 +311,6 @@ class TrainingRun:
     def _stopping(self):
         """Ctrl-C and divergence, turned into exceptions that say what is on disk; the progress
         bar is closed however the loop ends."""
-        self.ctrl_c = _StopOnCtrlC()
         try:
             with self.ctrl_c:
                 yield
@@ -361,66 +332,6 @@ class TrainingRun:
                            device=self.device, seconds=self.seconds,
                            images_seen=(state.step - self.start_step) * min(config.batch_size, len(self.dataset)),
                            out_dir=self.out_dir)
-
-
-# ---------------------------------------------------------------------------------------------
-# Starting a run: the device, the classes, resuming, and starting from another run's weights
-# ---------------------------------------------------------------------------------------------
-def run_device(config: TrainConfig, ranks: distributed.Ranks) -> torch.device:
-    """Where the run trains: ``config.device`` (``"auto"``: CUDA, MPS, CPU); this rank's GPU under torchrun."""
-    device = resolve_device(config.device)
-    if device.type == "cuda" and ranks.active:
-        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's GPU
-    return device
-
-
-def with_classes_of(config: TrainConfig, dataset: ImageDataset) -> TrainConfig:
-    """``config`` with ``num_classes`` and ``class_names`` settled by the data.
-
-    ``num_classes=None`` becomes the dataset's class count (0 without labels); an explicit count
-    must match the data's (0 always may: it trains unconditionally and ignores the labels).
-    """
-    wanted = dataset.num_classes if config.num_classes is None else config.num_classes
-    if wanted and wanted != dataset.num_classes:
-        found = f"{dataset.num_classes} classes" if dataset.num_classes else "no labels"
-        raise ConfigError(f"num_classes is {wanted} but the data has {found}; use data with "
-                          f"{wanted} classes, or train unconditionally (num_classes=0, --no-labels)")
-    return config.replace(num_classes=wanted, class_names=tuple(dataset.class_names or ()) if wanted else ())
-
-
-def resumable(path: Path, config: TrainConfig) -> tuple[dict, TrainConfig]:
-    """The checkpoint at ``path`` and the config that continues it: ``config``, whose classes, if
-    left to the data (None), are the checkpoint's. Checked: the same network and schedule, and no
-    more epochs done than ``config.num_epochs``."""
-    saved = load_checkpoint(path)  # on the CPU; TrainState.load_state_dict moves tensors to the device
-    if config.num_classes is None:
-        config = config.replace(num_classes=saved["config"].num_classes)
-    check_compatible(saved["config"], config, path)
-    if saved["epoch"] > config.num_epochs:
-        raise ConfigError(f"the checkpoint has already trained {saved['epoch']} epochs (step {saved['step']}), "
-                          f"past num_epochs={config.num_epochs}; raise num_epochs (--epochs) to train longer")
-    return saved, config
-
-
-def check_init_from(saved: TrainConfig, config: TrainConfig, path) -> None:
-    """Raise :class:`CheckpointError` unless a checkpoint trained with ``saved`` can start a run of
-    ``config``: the same network and schedule; no classes (an unconditional model may start a
-    class-conditional run) or the run's own (checked once known: ``num_classes=None`` waits for the data)."""
-    check_compatible(saved, config, path, ignore=("num_classes",))
-    if config.num_classes is not None and saved.num_classes not in (0, config.num_classes):
-        raise CheckpointError(f"{path} has {saved.num_classes} classes but this run has {config.num_classes}; "
-                              f"start from a checkpoint with the same classes")
-
-
-def init_weights_from(state: TrainState, path: str | Path) -> None:
-    """Start ``state``'s model (and its EMA) from the EMA weights of the checkpoint at ``path``
-    (checked by :func:`check_init_from`). An unconditional checkpoint's class embedding starts at
-    zero in a class-conditional run, so the model begins exactly where the unconditional one was."""
-    model, _, _ = load_model(path)
-    missing, _ = state.model.load_state_dict(model.state_dict(), strict=False)
-    if set(missing) - {"class_embedding.weight"}:  # check_init_from rules this out; say so if not
-        raise CheckpointError(f"{path} lacks {', '.join(sorted(missing))}; start from a checkpoint of this network")
-    state.ema.module.load_state_dict(state.model.state_dict())
 
 
 class _StopOnCtrlC:

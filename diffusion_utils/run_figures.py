@@ -1,6 +1,6 @@
 """What a training run draws, and :func:`train`: a run that draws it.
 
-:class:`RunFigures` is a :class:`~diffusion_utils.run.RunHooks` that writes into the run's folder
+:class:`RunFigures` is a :class:`~diffusion_utils.run_hooks.RunHooks` that writes into the run's folder
 ``samples/epoch_NNN.png`` (each epoch's samples from fixed noise, as the run draws them) and, at
 the end, ``loss.png`` (the loss per step) and ``epoch_samples.png`` (the per-epoch table).
 :func:`train` is :func:`~diffusion_utils.run.run_training` with it attached, so the loop itself
@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import ImageDataset
-from .run import RunHooks, StepCallbacks, TrainingRun, TrainResult, outputs_of, run_training
+from .run import TrainingRun, TrainResult, run_training
+from .run_hooks import RunHooks, StepCallbacks, outputs_of
 from .visualization import loss_label, plot_epoch_table, plot_loss, save_grid
 from .config import TrainConfig
 
@@ -54,7 +55,7 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
         resume: continue from ``out_dir/diffusion_unet_pixels.pth`` (it must exist and match the
             config's network and schedule; ``num_epochs`` may be raised to train longer).
         init_from: a new run (step 0, fresh optimizer) whose weights start from this checkpoint's
-            EMA weights (see :func:`~diffusion_utils.run.init_weights_from`).
+            EMA weights (see :func:`~diffusion_utils.run_start.init_weights_from`).
         progress: show a progress bar.
         on_step: optional ``callback(step, loss)`` after every optimiser step.
         on_start: optional ``callback(state, total_steps)``, once before the first step, with the
@@ -62,7 +63,7 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
             read) and the step count the run will end at. :class:`~diffusion_utils.LiveTrainingView`
             uses both hooks. Under torchrun, both are called on every rank.
         cache_dir: where decoded images are cached (see :mod:`diffusion_utils.image_cache`).
-        hooks: more :class:`~diffusion_utils.run.RunHooks`, called after the figures' and the callbacks'.
+        hooks: more :class:`~diffusion_utils.run_hooks.RunHooks`, called after the figures' and the callbacks'.
 
     Raises :class:`TrainingDiverged` when the loss or the weights stop being finite (the last good
     checkpoint stays), :class:`~diffusion_utils.errors.RunFolderError` when ``out_dir`` cannot be
