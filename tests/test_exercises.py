@@ -32,8 +32,9 @@ QUICK = TrainConfig.preset("quick")
 # What the checks need beside the learner's function, per exercise, and the notebook it lives in.
 WHERE = {"alpha_bar": "01", "q_sample": "01", "embed": "02", "add_time_embedding": "02", "training_step": "03",
          "ema_update": "03", "reverse_step": "04", "ddim_step": "05", "dpmpp_step": "05", "guided_eps": "06",
-         "sdedit_start": "06", "condition_input": "07", "noised_condition": "07"}
-HELPERS = {"dpmpp_step": ["ddim_step"]}  # exercises whose cell calls what another exercise's cell defines
+         "sdedit_start": "06", "condition_input": "07", "noised_condition": "07", "flow_path": "08",
+         "flow_velocity": "08", "flow_training_step": "08", "euler_step": "08"}
+HELPERS = {"dpmpp_step": ["ddim_step"], "flow_training_step": ["flow_path"]}  # exercises whose cell calls what another exercise's cell defines
 INLINE: dict[str, str] = {}  # an exercise's worked lines written here until its notebook holds them
 
 
@@ -53,6 +54,10 @@ def context(name: str) -> dict:
         return {"config": QUICK.replace(prediction="eps", loss_weighting="none")}
     if name == "guided_eps":
         return {"model": conditional_model()}
+    if name in ("flow_path", "flow_velocity", "euler_step"):
+        return {}
+    if name == "flow_training_step":
+        return {"config": TrainConfig.preset("quick-flow")}
     return {"schedule": NoiseSchedule.linear(1000)}
 
 
@@ -207,6 +212,87 @@ MISTAKES = {
         ("clean", [("return a.sqrt() * z + (1 - a).sqrt() * noise", "return z")]),
         ("swapped", [("return a.sqrt() * z + (1 - a).sqrt() * noise", "return (1 - a).sqrt() * z + a.sqrt() * noise")]),
     ],
+    "flow_path": [
+        ("reversed", [("return (1 - t) * x0 + t * eps", "return t * x0 + (1 - t) * eps")]),
+        ("square_roots", [("return (1 - t) * x0 + t * eps", "return (1 - t).sqrt() * x0 + t.sqrt() * eps")]),
+        ("image_kept", [("return (1 - t) * x0 + t * eps", "return x0 + t * eps")]),
+        ("noise_sign", [("return (1 - t) * x0 + t * eps", "return (1 - t) * x0 - t * eps")]),
+        ("trigonometric", [("return (1 - t) * x0 + t * eps",
+                            "return torch.cos(torch.pi / 2 * t) * x0 + torch.sin(torch.pi / 2 * t) * eps")]),
+        ("integer_steps", [("t = t.view(-1, 1, 1, 1)", "t = t.view(-1, 1, 1, 1) / 1000")]),
+        ("squared", [("return (1 - t) * x0 + t * eps", "return (1 - t) ** 2 * x0 + t ** 2 * eps")]),
+        ("not_broadcast", [("    t = t.view(-1, 1, 1, 1)\n", "")]),
+        ("half_reshaped", [("t = t.view(-1, 1, 1, 1)", "t = t.view(-1, 1)")]),
+    ],
+    "flow_velocity": [
+        ("reversed", [("return eps - x0", "return x0 - eps")]),
+        ("noise", [("return eps - x0", "return eps")]),
+        ("image", [("return eps - x0", "return x0")]),
+        ("minus_image", [("return eps - x0", "return -x0")]),
+        ("sum", [("return eps - x0", "return eps + x0")]),
+        ("halved", [("return eps - x0", "return (eps - x0) / 2")]),
+    ],
+    "flow_training_step": [
+        ("eps_first", [("    t = torch.rand(len(x0), generator=generator)\n    eps = torch.randn(x0.shape, generator=generator)",
+                        "    eps = torch.randn(x0.shape, generator=generator)\n    t = torch.rand(len(x0), generator=generator)")]),
+        ("reversed_target", [("flow_velocity(x0, eps))", "x0 - eps)")]),
+        ("noise_target", [("flow_velocity(x0, eps))", "eps)")]),
+        ("image_target", [("flow_velocity(x0, eps))", "x0)")]),
+        ("clean_input", [("model(flow_path(x0, eps, t), t)", "model(x0, t)")]),
+        ("time_scaled", [("model(flow_path(x0, eps, t), t)", "model(flow_path(x0, eps, t), 1000 * t)")]),
+        ("time_reversed", [("model(flow_path(x0, eps, t), t)", "model(flow_path(x0, eps, t), 1 - t)")]),
+        ("normal_t", [("t = torch.rand(len(x0)", "t = torch.randn(len(x0)")]),
+        ("one_t", [("t = torch.rand(len(x0), generator=generator)",
+                    "t = torch.rand(1, generator=generator).expand(len(x0))")]),
+        ("summed", [("F.mse_loss(model(flow_path(x0, eps, t), t), flow_velocity(x0, eps))",
+                     "((model(flow_path(x0, eps, t), t) - flow_velocity(x0, eps)) ** 2).sum()")]),
+        ("per_image_sum", [("F.mse_loss(model(flow_path(x0, eps, t), t), flow_velocity(x0, eps))",
+                            "((model(flow_path(x0, eps, t), t) - flow_velocity(x0, eps)) ** 2).sum(dim=(1, 2, 3)).mean()")]),
+        ("absolute", [("F.mse_loss(", "F.l1_loss(")]),
+    ],
+    "euler_step": [
+        ("dt_sign", [("return x + (t_next - t) * u", "return x + (t - t_next) * u")]),
+        ("no_dt", [("return x + (t_next - t) * u", "return x - u")]),
+        ("jump", [("return x + (t_next - t) * u", "return x - t * u")]),
+        ("fixed_dt", [("return x + (t_next - t) * u", "return x - u / 20")]),
+        ("next_time", [("return x + (t_next - t) * u", "return x - t_next * u")]),
+    ],
+}
+
+# Right answers written other ways than the worked lines: each must pass (✓, never ✗).
+VARIANTS = {
+    "flow_path": [
+        [("return (1 - t) * x0 + t * eps", "return x0 + t * (eps - x0)")],
+        [("    t = t.view(-1, 1, 1, 1)\n    return (1 - t) * x0 + t * eps",
+          "    return torch.lerp(x0, eps, t[:, None, None, None])")],
+        [("    t = t.view(-1, 1, 1, 1)\n    return (1 - t) * x0 + t * eps",
+          "    return (1 - t).reshape(-1, 1, 1, 1) * x0 + t.reshape(-1, 1, 1, 1) * eps")],
+    ],
+    "flow_velocity": [
+        [("return eps - x0", "return -(x0 - eps)")],
+        [("return eps - x0", "return eps + (-1) * x0")],
+        [("return eps - x0", "return torch.sub(eps, x0)")],
+    ],
+    "flow_training_step": [
+        [("F.mse_loss(model(flow_path(x0, eps, t), t), flow_velocity(x0, eps))",
+          "((model(flow_path(x0, eps, t), t) - flow_velocity(x0, eps)) ** 2).mean()")],
+        [("F.mse_loss(model(flow_path(x0, eps, t), t), flow_velocity(x0, eps))",
+          "F.mse_loss(model((1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * eps, t), eps - x0)")],
+        [("F.mse_loss(model(flow_path(x0, eps, t), t), flow_velocity(x0, eps))",
+          "(flow_velocity(x0, eps) - model(flow_path(x0, eps, t), t)).pow(2).mean()")],
+    ],
+    "euler_step": [
+        [("return x + (t_next - t) * u", "return x - (t - t_next) * u")],
+        [("return x + (t_next - t) * u", "dt = t_next - t\n    return x + dt * u")],
+        [("return x + (t_next - t) * u",  # back along the line through x̂₀ and ε̂, to t_next
+          "x0, eps = x - t * u, x + (1 - t) * u\n    return (1 - t_next) * x0 + t_next * eps")],
+    ],
+}
+
+# Valid alternatives the check names as such (✓ and a note, never ✗).
+ALTERNATIVES = {
+    "flow_training_step": ("logit_normal", [("t = torch.rand(len(x0), generator=generator)",
+                                             "t = torch.sigmoid(torch.randn(len(x0), generator=generator))")]),
 }
 
 # A wrong answer no hint knows, and what the message must say about where it differs.
@@ -227,6 +313,11 @@ UNKNOWN = {
     "condition_input": ([("[x_t, z_s]", "[x_t, z_s * 0.9]")], "channel"),
     "noised_condition": ([("(1 - a).sqrt() * noise", "(1 - a).sqrt() * noise * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
                          "s = 100"),
+    "flow_path": ([("return (1 - t) * x0 + t * eps", "return (1 - t) * x0 + t * eps * 1.01")], "image 5 (t = 1)"),
+    "flow_velocity": ([("return eps - x0", "return eps - x0 * 1.01")], "image"),
+    "flow_training_step": ([("flow_velocity(x0, eps))", "flow_velocity(x0, eps)) * 1.01")], "in the loss"),
+    "euler_step": ([("return x + (t_next - t) * u", "return x + (t_next - t) * u * (1.01 if t == 0.5 else 1)")],
+                   "t = 0.5 → 0.45"),
 }
 
 
@@ -267,6 +358,22 @@ def test_each_known_mistake_gets_its_own_hint(name, mistake, edits):
     hint = next(m.hint for m in EXERCISES[name].mistakes(context(name)) if m.key == mistake)
     assert result.message.splitlines()[-1] == f"  hint: {hint}"
     assert result.message.count("\n") == 1  # the verdict, then the hint
+
+
+@pytest.mark.parametrize("name,edits", [(n, e) for n, cases in VARIANTS.items() for e in cases],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_right_answers_written_other_ways_pass(name, edits):
+    result = check(name, learner_code(name, replace=tuple(edits)))
+    assert result.status == "passed", result.message
+
+
+@pytest.mark.parametrize("name", sorted(ALTERNATIVES))
+def test_a_valid_alternative_gets_its_own_tick_never_a_cross(name):
+    key, edits = ALTERNATIVES[name]
+    result = check(name, learner_code(name, replace=tuple(edits)))
+    assert result.status == "alternative" and result.passed and result.mistake == key, result.message
+    hint = next(m.hint for m in EXERCISES[name].alternatives(context(name)) if m.key == key)
+    assert result.message == f"✓ {name} is a valid alternative: {hint}"
 
 
 @pytest.mark.parametrize("name", sorted(UNKNOWN))

@@ -17,27 +17,36 @@ PACKAGE = REPO_ROOT / "diffusion_utils"
 
 
 def documented_order() -> list[str]:
-    """The modules in the order of docs/package.md's table (bottom layer first)."""
+    """The modules and folders in the order of docs/package.md's table (bottom layer first)."""
     text = (REPO_ROOT / "docs" / "package.md").read_text(encoding="utf-8")
-    return re.findall(r"^\| `(\w+)\.py` \|", text, flags=re.MULTILINE)
+    return re.findall(r"^\| `(\w+)(?:\.py|/)` \|", text, flags=re.MULTILINE)
 
 
-def relative_imports(path: Path) -> set[str]:
-    """The package modules ``path`` imports (``from .x import …``, ``from . import x``)."""
+def package_parts() -> list[str]:
+    """The package's top-level modules and folders (a folder with an __init__.py counts as one part)."""
+    modules = [p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    return sorted(modules + [p.parent.name for p in PACKAGE.glob("*/__init__.py")])
+
+
+def relative_imports(part: str) -> set[str]:
+    """The package's top-level parts that ``part`` imports (``from .x import …``, ``from . import x``;
+    inside a folder, ``from ..x import …``; imports within the folder itself don't count)."""
+    folder = PACKAGE / part
+    files, depth = (sorted(folder.glob("*.py")), 2) if folder.is_dir() else ([PACKAGE / f"{part}.py"], 1)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == depth:
+                found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
     return found
 
 
 def test_every_module_imports_only_modules_below_it():
     order = documented_order()
-    modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
-    assert sorted(order) == modules, "docs/package.md's table must list every module once"
+    assert sorted(order) == package_parts(), "docs/package.md's table must list every module and folder once"
     for module in order:
-        above = [name for name in relative_imports(PACKAGE / f"{module}.py") if order.index(name) >= order.index(module)]
-        assert not above, f"{module}.py imports {above}, which docs/package.md places above it"
+        above = [name for name in relative_imports(module) if order.index(name) >= order.index(module)]
+        assert not above, f"{module} imports {above}, which docs/package.md places above it"
 
 
 def test_notebooks_import_only_the_top_level():

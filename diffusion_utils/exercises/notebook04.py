@@ -1,0 +1,67 @@
+"""Notebook 04's exercises: one reverse step (Algorithm 2)."""
+
+from __future__ import annotations
+
+from ..sampling import p_sample
+from .framework import (Exercise, Mistake, Trial, _FixedOutput, _attempt, _paper, _randn, _schedule_device)
+
+
+class ReverseStep(Exercise):
+    # 5e-4: at t = 1, 1 − ᾱ₁ = 1e-4 computed in float32 is off by 1.6e-4 relative, and x̂₀'s
+    # coefficient there is 1; every mistake below changes the step by 2e-3 or (much) more.
+    name, needs, tolerance = "reverse_step", ("schedule",), 5e-4
+    TIMESTEPS = (999, 500, 10, 0)
+
+    def size(self, ctx):
+        return f"4 images × {len(self.TIMESTEPS)} timesteps (t = {', '.join(str(t + 1) for t in self.TIMESTEPS)})"
+
+    def outcomes(self, version, ctx):
+        device = _schedule_device(ctx)
+        trials = []
+        for t in self.TIMESTEPS:
+            x_t, eps, z = (_randn((4, 3, 8, 8), 40 + 3 * t + k, device) for k in range(3))
+            trials.append(Trial(_paper(t), _attempt(lambda: version(x_t.clone(), t, eps.clone(), z.clone()))))
+        return trials
+
+    def package(self, ctx):
+        schedule = ctx["schedule"]
+
+        def reverse_step(x_t, t, eps_hat, z):
+            return p_sample(_FixedOutput(eps_hat), schedule, x_t, t, noise=z)  # clip_x0=True, σₜ² = β̃ₜ
+        return reverse_step
+
+    def mistakes(self, ctx):
+        s = ctx["schedule"]
+
+        def step(x0_alpha=False, x0_sqrt=True, clip=True, ab_prev=None, noise="std"):
+            def version(x_t, t, eps_hat, z):
+                beta, alpha, ab = s.betas[t], s.alphas[t], s.alpha_bars[t]
+                prev = s.alpha_bars_prev[t] if ab_prev is None else ab_prev(t)
+                a = alpha if x0_alpha else ab  # what x̂₀'s inversion of the jump uses
+                x0_hat = (x_t - (1 - a).sqrt() * eps_hat) / (a.sqrt() if x0_sqrt else a)
+                if clip:
+                    x0_hat = x0_hat.clamp(-1, 1)
+                mean = (prev.sqrt() * beta / (1 - ab)) * x0_hat + (alpha.sqrt() * (1 - prev) / (1 - ab)) * x_t
+                var = (1 - prev) / (1 - ab) * beta
+                scale = {"std": var.sqrt(), "variance": var, "beta": beta.sqrt(), "none": 0.0}[noise]
+                return mean + scale * z
+            return version
+
+        return [
+            Mistake("alpha_in_x0", "x̂₀ inverts the jump q(xₜ | x₀) of notebook 01, which uses ᾱₜ "
+                                   "(schedule.alpha_bars[t]), not αₜ", step(x0_alpha=True)),
+            Mistake("x0_no_sqrt", "x̂₀ = (xₜ − √(1 − ᾱₜ) ε̂) / √ᾱₜ: divide by the square root of ᾱₜ",
+                    step(x0_sqrt=False)),
+            Mistake("no_clip", "clip x̂₀ to [−1, 1] (.clamp(-1, 1)) before μ̃ₜ, as the package's p_sample does "
+                               "(unclipped, the step is eq. 11 exactly)", step(clip=False)),
+            Mistake("prev_wraps", "at t = 1 your ᾱₜ₋₁ wrapped around: alpha_bars[t − 1] at code index 0 is "
+                                  "alpha_bars[−1] = ᾱ_T; use alpha_bars_prev[t], whose first entry is ᾱ₀ = 1",
+                    step(ab_prev=lambda t: s.alpha_bars[t - 1])),
+            Mistake("variance_for_std", "z is scaled by the standard deviation σₜ = √β̃ₜ, not by the variance β̃ₜ",
+                    step(noise="variance")),
+            Mistake("beta_variance", "σₜ² = βₜ is Ho et al.'s other choice; the package (and the formula above) "
+                                     "uses the posterior variance β̃ₜ = (1 − ᾱₜ₋₁)/(1 − ᾱₜ) · βₜ, which is 0 at the "
+                                     "last step, so no noise is added there", step(noise="beta")),
+            Mistake("no_noise", "add σₜ z: a reverse step draws from N(μ̃ₜ, σₜ² I) rather than returning its "
+                                "mean (σ₁ = 0 makes only the last step noise-free)", step(noise="none")),
+        ]
