@@ -159,7 +159,6 @@ MISTAKES = {
         ("no_clip", [(".clamp(-1, 1)", "")]),
         ("prev_wraps", [("schedule.alpha_bars_prev[t]", "schedule.alpha_bars[t - 1]")]),
         ("variance_for_std", [("return mean + var.sqrt() * z", "return mean + var * z")]),
-        ("beta_variance", [("return mean + var.sqrt() * z", "return mean + beta.sqrt() * z")]),
         ("no_noise", [("return mean + var.sqrt() * z", "return mean")]),
     ],
     "ddim_step": [
@@ -291,6 +290,7 @@ VARIANTS = {
 
 # Valid alternatives the check names as such (✓ and a note, never ✗).
 ALTERNATIVES = {
+    "reverse_step": ("beta_variance", [("return mean + var.sqrt() * z", "return mean + beta.sqrt() * z")]),
     "flow_training_step": ("logit_normal", [("t = torch.rand(len(x0), generator=generator)",
                                              "t = torch.sigmoid(torch.randn(len(x0), generator=generator))")]),
 }
@@ -415,6 +415,23 @@ def test_wrong_kinds_of_answer_are_named():
     assert run_check("alpha_bar", [0.5] * 1000, schedule=schedule).message == "✗ alpha_bar is a list, not a tensor"
     shape = run_check("alpha_bar", schedule.alpha_bars[:10], schedule=schedule)
     assert shape.message == "✗ alpha_bar has shape (10,) where the package's has shape (1000,)"
+    assert run_check("q_sample", lambda x0, t, eps: None, schedule=schedule).message == (
+        "✗ q_sample returned None: end it with a return line that gives the tensor")
+    assert run_check("q_sample", lambda x0, t, eps: x0.numpy(), schedule=schedule).message == (
+        "✗ q_sample returned an ndarray, not a tensor: torch.from_numpy(…) makes it one")
+
+
+def test_a_wrong_kind_of_answer_is_not_called_an_error(capsys):
+    check_exercise("q_sample", lambda x0, t, eps: None, schedule=NoiseSchedule.linear(1000))
+    assert capsys.readouterr().out.splitlines()[-1] == "using the package's q_sample: yours does not return a tensor"
+
+
+def test_an_infinite_value_is_shown_as_inf():
+    schedule = NoiseSchedule.linear(1000)
+    result = run_check("alpha_bar", schedule.alpha_bars.clone().index_fill_(0, torch.tensor([41]), float("inf")),
+                       schedule=schedule)
+    assert result.status == "differs" and "max |Δ| = inf (inf in yours) at t = 42" in result.message
+    assert "e+308" not in result.message
 
 
 def test_nan_in_the_learners_output_fails():

@@ -59,9 +59,19 @@ class ReverseStep(Exercise):
                     step(ab_prev=lambda t: s.alpha_bars[t - 1])),
             Mistake("variance_for_std", "z is scaled by the standard deviation σₜ = √β̃ₜ, not by the variance β̃ₜ",
                     step(noise="variance")),
-            Mistake("beta_variance", "σₜ² = βₜ is Ho et al.'s other choice; the package (and the formula above) "
-                                     "uses the posterior variance β̃ₜ = (1 − ᾱₜ₋₁)/(1 − ᾱₜ) · βₜ, which is 0 at the "
-                                     "last step, so no noise is added there", step(noise="beta")),
             Mistake("no_noise", "add σₜ z: a reverse step draws from N(μ̃ₜ, σₜ² I) rather than returning its "
                                 "mean (σ₁ = 0 makes only the last step noise-free)", step(noise="none")),
         ]
+
+    def alternatives(self, ctx):
+        s = ctx["schedule"]
+
+        def beta_variance(x_t, t, eps_hat, z):  # the package's step with σₜ² = βₜ
+            beta, ab, prev = s.betas[t], s.alpha_bars[t], s.alpha_bars_prev[t]
+            x0_hat = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)
+            mean = (prev.sqrt() * beta / (1 - ab)) * x0_hat + (s.alphas[t].sqrt() * (1 - prev) / (1 - ab)) * x_t
+            return mean + beta.sqrt() * z
+        return [Mistake("beta_variance", "σₜ² = βₜ is Ho et al.'s other choice of variance (§3.2: both gave "
+                                         "similar samples); this notebook asks for the posterior variance "
+                                         "β̃ₜ = (1 − ᾱₜ₋₁)/(1 − ᾱₜ) · βₜ, which is smaller and 0 at the last step, so "
+                                         "yours adds a little more noise, most at the last steps", beta_variance)]
