@@ -14,7 +14,11 @@ training checkpoint; :func:`load_pretrained` loads a shipped name (see :data:`PR
 a path::
 
     model, schedule, config = load_pretrained("flowers32")
-    images = sample(model, schedule, 16, sampler=config.sampler, steps=config.steps_for_sampling)
+    images = sample(model, schedule, 16, sampler="dpmpp", steps=20)   # its card says how to sample it
+
+A flow-matching model (``flowers32-flow``) loads the same way; in place of the schedule comes
+its :class:`~diffusion_utils.flow.FlowPath`, and it samples with ``sampler="euler"`` or ``"heun"``
+(:func:`~diffusion_utils.cards.sampling_defaults` gives any model's default sampler and steps).
 
 float16 keeps about three significant digits per weight: samples from the same noise typically
 differ from the float32 model's by well under one 8-bit colour level (2/255 in [-1, 1]).
@@ -41,7 +45,9 @@ from .schedule import schedule_for
 PRETRAINED_FORMAT = "diffusion_utils/pretrained/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: weights/NAME.pt + NAME.md
 SUFFIX = ".pt"
-
+# The names the project publishes (its docs and cards use them): one that this installation lacks
+# is named as missing, with what to do, rather than as an unknown name.
+PUBLISHED = ("flowers32", "sr64", "flowers32-flow")
 
 
 def available_pretrained() -> tuple[str, ...]:
@@ -51,7 +57,7 @@ def available_pretrained() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in WEIGHTS_DIR.glob(f"*{SUFFIX}") if not p.name.startswith(".")))
 
 
-PRETRAINED: tuple[str, ...] = available_pretrained()  # what shipped, as found at import time
+PRETRAINED: tuple[str, ...] = available_pretrained()  # what shipped, as found at import time (flow models too)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +125,9 @@ def load_pretrained(name: str | os.PathLike = "flowers32", device="cpu"):
     :func:`pretrained_card`).
 
     Args:
-        name: one of :data:`PRETRAINED` (``"flowers32"``), or the path of a ``.pt`` file written by
-            :func:`export_pretrained` / ``python -m diffusion_utils export``.
+        name: one of :data:`PRETRAINED` (``"flowers32"``, ``"sr64"``, ``"flowers32-flow"`` where its file
+            is installed), or the path of a ``.pt`` file written by :func:`export_pretrained` /
+            ``python -m diffusion_utils export``.
         device: where to put the model.
     """
     state, path = _read(name)
@@ -150,6 +157,11 @@ def pretrained_path(name: str | os.PathLike) -> Path:
                        or Path(name).exists())
     if looks_like_path:
         return Path(name)
+    if name in PUBLISHED:
+        raise CheckpointError(f"pretrained weights {name!r} are not in this installation of diffusion_utils "
+                              f"({WEIGHTS_DIR.name}/{name}{SUFFIX} is missing); install a release that ships them or "
+                              f"reinstall the package, or pass the path of a {SUFFIX} file written by "
+                              f"'python -m diffusion_utils export'")
     if not shipped:
         raise CheckpointError(f"unknown pretrained model {name!r}: this installation of diffusion_utils has no "
                               f"pretrained weights ({WEIGHTS_DIR.name}/ holds no {SUFFIX} file); reinstall the "

@@ -468,3 +468,47 @@ def test_a_flow_run_trains_resumes_and_samples_from_the_cli(tmp_path, monkeypatc
     assert run_main(["train", *TINY_TRAIN, "--objective", "diffusion", "--sampler", "ddim", "--epochs", "2",
                      "--resume", "--out", "run"]) == 2
     assert "objective" in capsys.readouterr().err
+
+
+def test_sample_defaults_to_dpmpp_20_and_the_ancestral_sampler_is_one_flag_away(checkpoint_copy, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """A diffusion model samples with DPM-Solver++ in 20 network calls unless told otherwise (not
+    its training grids' DDIM); --sampler ddpm takes all T steps (--steps T says it outright); a
+    sampler alone gets its own default steps; --help says all of it."""
+    calls = []
+
+    def recording(real):
+        def draw(model, schedule, n, **kwargs):
+            calls.append((kwargs["sampler"], kwargs["steps"]))
+            return real(model, schedule, n, **kwargs)
+        return draw
+
+    monkeypatch.setattr(cli, "sample_trajectory", recording(cli.sample_trajectory))
+    assert load_checkpoint(checkpoint_copy)["config"].sampler == "ddim"  # the grids' sampler is not the default
+    base = ["sample", "--checkpoint", checkpoint_copy, "--n", 1, "--frames", 2, "--no-progress"]
+    T = load_checkpoint(checkpoint_copy)["config"].n_steps
+    for extra, expected in (([], ("dpmpp", 20)), (["--sampler", "ddpm"], ("ddpm", T)),
+                            (["--sampler", "ddpm", "--steps", T], ("ddpm", T)), (["--sampler", "ddim"], ("ddim", 50)),
+                            (["--steps", 7], ("dpmpp", 7))):
+        calls.clear()
+        assert run_main(base + extra + ["--out", tmp_path / "_".join(map(str, expected))]) == 0, extra
+        assert calls == [expected], extra
+        assert f"with {expected[0]} ({expected[1]} steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for piece in ("dpmpp (DPM-Solver++, the default", "--sampler ddpm --steps 1000", "euler (the default)",
+                  "default 20 for dpmpp, euler and heun"):
+        assert piece in text, piece
+
+
+def test_a_flow_checkpoint_samples_with_euler_20_by_default(tmp_path, monkeypatch, capsys):
+    """A flow run samples with Euler in 20 steps when no sampler is given, whatever its grids used."""
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["train", *TINY_TRAIN, "--objective", "flow", "--out", "run"]) == 0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["config"].sample_steps == 2
+    capsys.readouterr()
+    assert run_main(["sample", "--checkpoint", f"run/{CHECKPOINT_NAME}", "--n", "2", "--frames", "2",
+                     "--out", "samples", "--no-progress"]) == 0
+    assert "Sampling 2 images with euler (20 steps" in capsys.readouterr().err
+    assert (tmp_path / "samples" / "samples_grid.png").exists()

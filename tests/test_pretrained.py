@@ -486,3 +486,111 @@ def test_an_exported_card_names_the_data_never_a_path_of_the_machine(trained_run
         model, _, config = load_pretrained(out)
         assert (config.data, config.data_root) == (name, None)
         assert str(tmp_path) not in repr(torch.load(out, weights_only=True)["config"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A flow-matching model: export, load, sample, its card
+# ---------------------------------------------------------------------------------------------
+FLOW_BASELINE = {"name": "flowers32", "kid": 0.0343, "kid_std": 0.0020, "sampler": "dpmpp", "sample_steps": 20}
+
+
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    """A tiny flow-matching run (2 epochs × 2 steps on synthetic flowers, class-conditional)."""
+    from diffusion_utils import load_dataset, train
+
+    config = tiny_config(num_epochs=2, objective="flow", sampler="euler", sample_steps=3)
+    dataset = load_dataset("synthetic", config.img_size, max_images=config.max_images, seed=0)
+    return train(config, tmp_path_factory.mktemp("flow"), dataset=dataset, progress=False)
+
+
+@pytest.fixture(scope="module")
+def flow_exported(flow_run, tmp_path_factory) -> Path:
+    card = {"commit": "f10a7ed", "kid": 0.0512, "kid_std": 0.0021, "n_samples": 1000, "sampler": "euler",
+            "sample_steps": 20, "floor_kid": 0.0001, "baseline": FLOW_BASELINE}
+    return export_pretrained(flow_run.checkpoint_path, tmp_path_factory.mktemp("flow_export") / "tinyflow.pt", card)
+
+
+def test_a_flow_model_exports_loads_and_samples_with_euler(flow_run, flow_exported):
+    """The float16 file of a flow run loads as a flow UNet with its FlowPath (not a NoiseSchedule),
+    samples with Euler within a fraction of an 8-bit level of the float32 EMA, and refuses DDIM."""
+    from diffusion_utils.flow import FlowPath
+
+    state = torch.load(flow_exported, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state["weights"].values() if v.is_floating_point())
+    assert state["config"]["objective"] == "flow"
+    model, path, config = load_pretrained(flow_exported)
+    reference, ref_path, _ = load_model(flow_run.checkpoint_path)
+    assert isinstance(path, FlowPath) and model.objective == "flow" and config.objective == "flow"
+    assert (path.flow_t, path.logit_std) == (config.flow_t, config.flow_logit_std)
+    a = sample(model, path, 4, sampler="euler", steps=5, generator=torch.Generator().manual_seed(1), progress=False)
+    b = sample(reference, ref_path, 4, sampler="euler", steps=5, generator=torch.Generator().manual_seed(1),
+               progress=False)
+    assert a.shape == (4, 3, 16, 16) and torch.isfinite(a).all() and (a - b).abs().max() < 2 / 255
+    with pytest.raises(DiffusionError) as info:
+        sample(model, path, 2, sampler="ddim", steps=5, progress=False)
+    assert "flow model" in one_line(info.value)
+
+
+def test_a_flow_models_card_says_flow_matching_and_velocity(flow_run, flow_exported):
+    """The card names flow matching, the velocity u = ε − x₀ on xₜ = (1 − t)x₀ + tε, the logit-normal t,
+    Euler/Heun with 20 steps, the images seen from the checkpoint; never DDPM or ε-prediction."""
+    text = flow_exported.with_suffix(".md").read_text(encoding="utf-8")
+    assert text.startswith("# tinyflow: a pretrained diffusion_utils flow-matching model")
+    for piece in ("flow-matching model (rectified flow", "velocity u = ε − x₀", "xₜ = (1 − t)·x₀ + t·ε",
+                  "logit-normal", "s = 1", 'sampler "euler" with 20 steps', '"heun"',
+                  "model, path, config = load_pretrained(", "sampler='euler', steps=20",
+                  "Images seen: 64 (4 optimizer steps, batch 16, 2 epochs)", "Commit: `f10a7ed`",
+                  "the plain flow-matching loss", "sampler euler with 20 steps"):
+        assert piece in text, piece
+    for absent in ("DDPM", "noise ε under", "predicts the noise", "ε-prediction", "dpmpp', steps", "min_snr",
+                   "loss weighting"):
+        assert absent not in text, absent
+    uniform = render_card("u", flow_run.config.replace(flow_t="uniform", flow_shift=3.0), {})
+    assert "t ~ U(0, 1)" in uniform and "shifted by 3" in uniform and "logit-normal" not in uniform
+
+
+@pytest.mark.parametrize("kid, verdict", [(0.0512, "tinyflow scores worse than flowers32, 1.5× its KID"),
+                                          (0.0350, "The two are level"),
+                                          (0.0201, "tinyflow scores better than flowers32, 1.7× lower KID")])
+def test_a_card_sets_its_kid_beside_a_baseline_and_says_which_is_better(flow_run, kid, verdict):
+    """``baseline`` (the other model's KID ± std, sampler and steps, measured the same way): the card
+    gives both at equal network calls and says plainly which is better; within twice the spread, a tie."""
+    card = {"kid": kid, "kid_std": 0.0021, "sampler": "euler", "sample_steps": 20, "baseline": FLOW_BASELINE}
+    quality = render_card("tinyflow", flow_run.config, card).split("## Quality")[1].split("## Limitations")[0]
+    assert "Beside flowers32 at equal network calls (20 per image)" in quality
+    assert "0.0343 ± 0.002 (dpmpp, 20 steps)" in quality and verdict in quality
+    other_calls = render_card("t", flow_run.config, {**card, "sample_steps": 40})
+    assert "at 40 network calls per image against 20" in other_calls
+
+
+def test_a_flow_file_in_the_weights_folder_is_a_name_and_a_missing_one_says_so(flow_exported, weights_dir):
+    """flowers32-flow.pt in weights/ is listed and loads by name; a published name whose file is
+    missing is one line that says so and what to do, not 'unknown'."""
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained("flowers32-flow")
+    message = one_line(info.value)
+    assert "'flowers32-flow'" in message and "missing" in message and "unknown" not in message
+    assert "export" in message
+    shutil.copy2(flow_exported, weights_dir / "flowers32-flow.pt")
+    assert pretrained_module.available_pretrained() == ("flowers32-flow",)
+    model, path, config = load_pretrained("flowers32-flow")
+    assert config.objective == "flow" and pretrained_card("flowers32-flow")["baseline"]["name"] == "flowers32"
+
+
+def test_cli_exports_a_flow_checkpoint_and_samples_it_with_euler_20(flow_run, tmp_path, capsys):
+    """export on a flow checkpoint: float16 file and a flow card; sample --pretrained then uses Euler
+    with 20 steps unless told otherwise, and takes --sampler heun."""
+    out = tmp_path / "export" / "flow.pt"
+    assert run_main(["export", "--checkpoint", flow_run.checkpoint_path, "--out", out]) == 0
+    assert "flow.md" in capsys.readouterr().out
+    text = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "flow-matching model" in text and "velocity u = ε − x₀" in text and "Not measured." in text
+    assert pretrained_card(out)["images_seen"] == 64
+    assert run_main(["sample", "--pretrained", out, "--n", 2, "--frames", 2, "--no-progress",
+                     "--out", tmp_path / "s"]) == 0
+    assert "with euler (20 steps" in capsys.readouterr().err
+    assert run_main(["sample", "--pretrained", out, "--n", 2, "--frames", 2, "--no-progress", "--sampler", "heun",
+                     "--out", tmp_path / "h"]) == 0
+    assert "with heun (20 steps" in capsys.readouterr().err
+    assert all((tmp_path / folder / name).is_file() for folder in ("s", "h") for name in OUTPUTS)
