@@ -311,7 +311,7 @@ UNKNOWN = {
     "sdedit_start": ([("round(strength * schedule.n_steps) - 1", "round(strength * schedule.n_steps) - 2")],
                      "strength"),
     "condition_input": ([("[x_t, z_s]", "[x_t, z_s * 0.9]")], "channel"),
-    "noised_condition": ([("(1 - a).sqrt() * noise", "(1 - a).sqrt() * noise * (1 + 0.01 * (s == 99).view(-1, 1, 1, 1))")],
+    "noised_condition": ([("(1 - a).sqrt() * noise", "(1 - a).sqrt() * noise * (1 + 0.01 * (s == 100).view(-1, 1, 1, 1))")],
                          "s = 100"),
     "flow_path": ([("return (1 - t) * x0 + t * eps", "return (1 - t) * x0 + t * eps * 1.01")], "image 5 (t = 1)"),
     "flow_velocity": ([("return eps - x0", "return eps - x0 * 1.01")], "image"),
@@ -391,7 +391,10 @@ def test_a_helper_left_blank_counts_as_not_written():
     """dpmpp_step written, but the lam it calls still returns the stub's ...: not written, not a TypeError."""
     ns = learner_code("dpmpp_step", replace=(("return 0.5 * torch.log(alpha_bar(t) / (1 - alpha_bar(t)))",
                                               "return ..."),))
-    assert check("dpmpp_step", ns).status == "not written"
+    result = check("dpmpp_step", ns)
+    assert result.status == "not written"
+    assert result.message == ("✗ not written yet: dpmpp_step calls lam, which is still a blank: replace the ... "
+                              "in lam with your lines, run that cell, then this one")
 
 
 def test_an_exception_in_the_learners_code_is_one_line_never_a_traceback(capsys):

@@ -4,6 +4,7 @@ the learner's outcomes are compared with the package's and with each known mista
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -59,7 +60,12 @@ class Trial:
 
 
 class _NotWritten(Exception):
-    """The learner's code returned the stub's ``...`` (or raised NotImplementedError)."""
+    """The learner's code returned the stub's ``...`` (or raised NotImplementedError). ``blank``:
+    the function whose stub it was, when the learner's function called it (a helper still blank)."""
+
+    def __init__(self, blank: str | None = None):
+        super().__init__(blank)
+        self.blank = blank
 
 
 class _WrongType(TypeError):
@@ -90,9 +96,30 @@ def _attempt(run: Callable[[], Any], grad: bool = False):
     except NotImplementedError:
         return _NotWritten()
     except TypeError as err:  # arithmetic on a helper's stub: "... 'ellipsis' and 'float'"
-        return _NotWritten() if "ellipsis" in str(err) else err
+        return _NotWritten(_first_blank(run, grad)) if "ellipsis" in str(err) else err
     except Exception as err:  # the learner's code: reported in one line, never raised
         return err
+
+
+def _first_blank(run: Callable[[], Any], grad: bool) -> str | None:
+    """The name of the first Python function that returned the stub's ``...`` while ``run()`` ran
+    again, watched (only after a run met a stub, so a check costs nothing more otherwise)."""
+    found: list[str] = []
+
+    def watch(frame, event, arg):
+        if event == "return" and arg is NOT_WRITTEN and not found:
+            found.append(frame.f_code.co_name)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        with torch.set_grad_enabled(grad):
+            run()
+    except Exception:  # the same failure as before: only the name was wanted
+        pass
+    finally:
+        sys.setprofile(previous)
+    return found[0] if found else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +293,13 @@ def verdict(ex: Exercise, yours, ctx: dict) -> CheckResult:
         return CheckResult(name, "raised", f"✗ {name} is not a function (it is {type(yours).__name__}): define it "
                                            f"with def {name}(…) in the cell above")
     mine = ex.outcomes(yours, ctx)
-    if any(isinstance(t.value, _NotWritten) for t in mine):
+    blanks = [t.value for t in mine if isinstance(t.value, _NotWritten)]
+    if blanks:
+        helper = next((b.blank for b in blanks if b.blank not in (None, name, "<lambda>")), None)
+        if helper is not None:  # the learner's function is written; a function it calls is still blank
+            return CheckResult(name, "not written", f"✗ not written yet: {name} calls {helper}, which is still a "
+                                                    f"blank: replace the ... in {helper} with your lines, run that "
+                                                    f"cell, then this one")
         return not_written
     want = ex.expected(ctx)
     for got, expected in zip(mine, want):

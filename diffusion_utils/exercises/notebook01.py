@@ -39,16 +39,17 @@ class AlphaBar(Exercise):
         ]
 
 
-def _jump_trial(version, ctx, steps, n_images: int, seed: int, letter: str) -> list[Trial]:
+def _jump_trial(version, ctx, steps, n_images: int, seed: int, letter: str, first: int = 1) -> list[Trial]:
     """A version of the jump xₛ = √ᾱₛ x + √(1−ᾱₛ) ε run once on ``n_images`` images, each at every
-    code step of ``steps`` (one batch, the step varying along it: a missing reshape shows)."""
+    code step of ``steps`` (one batch, the step varying along it: a missing reshape shows). Messages
+    number the steps from ``first``: 1 for the paper's t (01), 0 for 07's condition levels s."""
     device = _schedule_device(ctx)
     steps = [t for t in steps if t < ctx["schedule"].n_steps]
     x = _images((n_images, 3, 12, 12), seed, device).repeat(len(steps), 1, 1, 1)  # width 12 ≠ batch size
     t = torch.tensor(steps, device=device).repeat_interleave(n_images)
     eps = _randn(x.shape, seed + 1, device)
     return [Trial("", _attempt(lambda: version(x.clone(), t.clone(), eps.clone())),
-                  lambda i: f"{letter} = {int(t[i[0]]) + 1}" if i else "")]
+                  lambda i: f"{letter} = {int(t[i[0]]) + first}" if i else "")]
 
 
 def _jump_mistakes(schedule, sub: str, names: str) -> list[Mistake]:

@@ -39,13 +39,13 @@ class ConditionInput(Exercise):
 
 class NoisedCondition(Exercise):
     name, needs = "noised_condition", ("schedule",)
-    LEVELS = (0, 99, 249, 499)
+    LEVELS = (0, 25, 100, 250)  # code levels, numbered as notebook 07 numbers them (s = 0: almost clean)
 
     def size(self, ctx):
         return f"2 images × {len(self.LEVELS)} noise levels s"
 
     def outcomes(self, version, ctx):
-        return _jump_trial(version, ctx, self.LEVELS, 2, 120, "s")
+        return _jump_trial(version, ctx, self.LEVELS, 2, 120, "s", first=0)
 
     def package(self, ctx):
         schedule = ctx["schedule"]
