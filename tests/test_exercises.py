@@ -598,3 +598,14 @@ def test_the_exercise_edition_runs_to_the_end_with_every_blank_left_blank(path, 
         assert f"✗ not written yet: replace the ... in {stub} with" in printed, name
         if EXERCISES[name].falls_back:
             assert f"using the package's {name}: yours is not written yet" in printed, name
+
+
+def test_docs_list_every_named_mistake_as_the_registry_has_it():
+    """docs/exercises.md's tables are what tools/exercise_table.py writes from the tested registry."""
+    from exercise_table import DOC, render
+
+    text = DOC.read_text(encoding="utf-8")
+    assert render(text) == text, "stale: run python tools/exercise_table.py"
+    for name, ex in EXERCISES.items():
+        for mistake in ex.mistakes(context(name)):
+            assert f"| `{name}` | `{mistake.key}` |" in text
