@@ -11,6 +11,7 @@ makes now, and each exercise notebook runs top to bottom with every blank left b
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -64,7 +65,7 @@ def context(name: str) -> dict:
 def namespace(ctx: dict) -> dict:
     """What the notebooks' earlier cells define that the learner's cells read."""
     schedule = ctx.get("schedule", NoiseSchedule.linear(1000))
-    return {"torch": torch, "F": F, "schedule": schedule, "linear": schedule, "sr_schedule": schedule, "config": QUICK}
+    return {"torch": torch, "F": F, "math": math, "schedule": schedule, "linear": schedule, "sr_schedule": schedule, "config": QUICK}
 
 
 def defines(source: str, name: str) -> bool:
@@ -260,6 +261,84 @@ MISTAKES = {
 
 # Right answers written other ways than the worked lines: each must pass (✓, never ✗).
 VARIANTS = {
+    "alpha_bar": [
+        [("torch.cumprod(1 - linear.betas, dim=0)", "torch.cumprod(linear.alphas, dim=0)")],
+        [("torch.cumprod(1 - linear.betas, dim=0)", "(1 - linear.betas).cumprod(0)")],
+        [("torch.cumprod(1 - linear.betas, dim=0)", "torch.exp(torch.cumsum(torch.log1p(-linear.betas), dim=0))")],
+    ],
+    "q_sample": [
+        [("a = alpha_bar[t].view(-1, 1, 1, 1)", "a = alpha_bar[t][:, None, None, None]")],
+        [("return a.sqrt() * x0 + (1 - a).sqrt() * eps", "return torch.sqrt(a) * x0 + torch.sqrt(1 - a) * eps")],
+        [("    a = alpha_bar[t].view(-1, 1, 1, 1)                 # one ᾱ per image, shaped to broadcast over its pixels\n"
+          "    return a.sqrt() * x0 + (1 - a).sqrt() * eps",
+          "    return linear.q_sample(x0, t, eps)")],
+    ],
+    "embed": [
+        [("omega = 10000 ** (-torch.arange(d // 2) / (d // 2))",
+          "omega = torch.exp(-math.log(10000) * torch.arange(d // 2) / (d // 2))")],
+        [("angles = t.float()[:, None] * omega[None, :]", "angles = torch.outer(t.float(), omega)")],
+        [("torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)",
+          "torch.cat([angles.sin(), angles.cos()], dim=-1)")],
+    ],
+    "add_time_embedding": [
+        [("[:, :, None, None]", ".view(len(h), -1, 1, 1)")],
+        [("block.time_proj(F.silu(t_emb))", "block.time_proj(t_emb * torch.sigmoid(t_emb))")],
+        [("return h + block.time_proj(F.silu(t_emb))[:, :, None, None]",
+          "return block.time_proj(torch.nn.SiLU()(t_emb)).unsqueeze(-1).unsqueeze(-1) + h")],
+    ],
+    "training_step": [  # the first builds xₜ by hand: float32's √ differs from the table's by a rounding step
+        [("x_t = schedule.q_sample(x0, t, eps)",
+          "a = schedule.alpha_bars[t][:, None, None, None]\n    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps")],
+        [("loss = F.mse_loss(model(x_t, t), eps)", "loss = ((model(x_t, t) - eps) ** 2).mean()")],
+        [("    optimizer.zero_grad()\n    loss.backward()", "    optimizer.zero_grad(set_to_none=False)\n    loss.backward()")],
+    ],
+    "ema_update": [
+        [("p_ema.mul_(d).add_(p, alpha=1 - d)", "p_ema.lerp_(p, 1 - d)")],
+        [("p_ema.mul_(d).add_(p, alpha=1 - d)", "p_ema.copy_(d * p_ema + (1 - d) * p)")],
+        [("p_ema.mul_(d).add_(p, alpha=1 - d)", "p_ema.sub_((1 - d) * (p_ema - p))")],
+    ],
+    "reverse_step": [
+        [("return mean + var.sqrt() * z", "return mean + torch.sqrt(var) * z")],
+        [("x0_hat = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)",
+          "x0_hat = torch.clamp((x_t - torch.sqrt(1 - ab) * eps_hat) / torch.sqrt(ab), -1, 1)")],
+        [("    var = (1 - ab_prev) / (1 - ab) * beta ", "    var = schedule.posterior_variance[t] ")],
+    ],
+    "ddim_step": [
+        [("eps = (x - alpha_bar(t).sqrt() * x0) / (1 - alpha_bar(t)).sqrt()",
+          "eps = (x - torch.sqrt(alpha_bar(t)) * x0) / torch.sqrt(1 - alpha_bar(t))")],
+        [("return alpha_bar(s).sqrt() * x0 + (1 - alpha_bar(s)).sqrt() * eps",
+          "a_s = alpha_bar(s)\n    return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps")],
+        [("return alpha_bar(s).sqrt() * x0 + (1 - alpha_bar(s)).sqrt() * eps",
+          "return (1 - alpha_bar(s)).sqrt() * eps + alpha_bar(s).sqrt() * x0")],
+    ],
+    "dpmpp_step": [
+        [("return 0.5 * torch.log(alpha_bar(t) / (1 - alpha_bar(t)))",
+          "return torch.log(alpha_bar(t).sqrt() / (1 - alpha_bar(t)).sqrt())")],
+        [("torch.expm1(-h)", "(torch.exp(-h) - 1)")],
+        [("D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev", "D = x0 + (x0 - x0_prev) / (2 * r)")],
+    ],
+    "guided_eps": [
+        [("return eps_null + w * (eps_c - eps_null)", "return (1 - w) * eps_null + w * eps_c")],
+        [("return eps_null + w * (eps_c - eps_null)", "return torch.lerp(eps_null, eps_c, w)")],
+        [("return eps_null + w * (eps_c - eps_null)", "return eps_c + (w - 1) * (eps_c - eps_null)")],
+    ],
+    "sdedit_start": [
+        [("t0 = round(strength * schedule.n_steps) - 1", "t0 = int(round(strength * schedule.n_steps)) - 1")],
+        [("    return schedule.q_sample(x0, torch.full((len(x0),), t0), eps)",
+          "    ab = schedule.alpha_bars[t0]\n    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps")],
+        [("torch.full((len(x0),), t0)", "torch.tensor([t0] * len(x0))")],
+    ],
+    "condition_input": [
+        [("torch.cat([x_t, z_s], dim=1)", "torch.cat((x_t, z_s), 1)")],
+        [("torch.cat([x_t, z_s], dim=1)", "torch.concat([x_t, z_s], dim=-3)")],
+        [("torch.cat([x_t, z_s], dim=1)", "torch.stack([x_t, z_s], dim=1).flatten(1, 2)")],
+    ],
+    "noised_condition": [
+        [("a = sr_schedule.alpha_bars[s].view(-1, 1, 1, 1)", "a = sr_schedule.alpha_bars[s][:, None, None, None]")],
+        [("return a.sqrt() * z + (1 - a).sqrt() * noise", "return torch.sqrt(a) * z + torch.sqrt(1 - a) * noise")],
+        [("    a = sr_schedule.alpha_bars[s].view(-1, 1, 1, 1)\n    return a.sqrt() * z + (1 - a).sqrt() * noise",
+          "    return sr_schedule.q_sample(z, s, noise)")],
+    ],
     "flow_path": [
         [("return (1 - t) * x0 + t * eps", "return x0 + t * (eps - x0)")],
         [("    t = t.view(-1, 1, 1, 1)\n    return (1 - t) * x0 + t * eps",
@@ -324,6 +403,11 @@ UNKNOWN = {
 # ---------------------------------------------------------------------------------------------
 # The exercises themselves
 # ---------------------------------------------------------------------------------------------
+def test_every_exercise_has_three_right_answers_written_other_ways():
+    assert all(len(VARIANTS.get(name, ())) >= 3 for name in EXERCISES), sorted(
+        name for name in EXERCISES if len(VARIANTS.get(name, ())) < 3)
+
+
 def test_there_are_at_least_ten_exercises_each_with_three_known_mistakes_all_tested():
     in_notebooks = {name for name, where in WHERE.items() if name not in INLINE or where in WORKED}
     assert len(in_notebooks) >= 10
@@ -363,6 +447,8 @@ def test_each_known_mistake_gets_its_own_hint(name, mistake, edits):
 @pytest.mark.parametrize("name,edits", [(n, e) for n, cases in VARIANTS.items() for e in cases],
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_right_answers_written_other_ways_pass(name, edits):
+    """Never a ✗ for a right answer: the package's helper or the formula by hand, another function
+    for the same arithmetic, another shape of the same broadcast, another order of the same terms."""
     result = check(name, learner_code(name, replace=tuple(edits)))
     assert result.status == "passed", result.message
 

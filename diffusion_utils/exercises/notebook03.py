@@ -12,17 +12,22 @@ from torch import nn
 
 from ..schedule import NoiseSchedule
 from ..training import TrainState, make_ema, train_step
-from .framework import (Exercise, Mistake, NOT_WRITTEN, Trial, _NotWritten, _attempt, _flat, _gen, _images, _parameter_at)
+from .framework import (_WrongType, Exercise, Mistake, NOT_WRITTEN, Trial, _NotWritten, _attempt, _flat, _gen, _images, _parameter_at)
 
 
 class TrainingStep(Exercise):
+    # Compared: each step's loss and the gradient it hands to optimizer.step() (after clipping), every
+    # step starting from the package's weights at that step. Not the weights after several AdamW
+    # steps: Adam divides by √v, so a gradient that rounding moves by 1e-9 can flip a near-zero
+    # weight's update by the whole lr, and a right answer would fail. Loss and gradient are float32
+    # sums over the batch; another order of the same arithmetic moves them by ~1e-7.
     name, needs, tolerance, falls_back = "training_step", ("config",), 1e-5, False
     STEPS, BATCH = 3, 8
     SMALL = dict(img_size=16, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
                  time_emb_dim=16)
 
     def size(self, ctx):
-        return f"the losses and weights of {self.STEPS} steps of a small UNet on {self.BATCH} images"
+        return f"the loss and the clipped gradient of each of {self.STEPS} steps of a small UNet on {self.BATCH} images"
 
     def config(self, ctx):
         """Algorithm 1 as the notebook's config sets it (schedule, lr, clipping, seed), on a small UNet."""
@@ -32,32 +37,60 @@ class TrainingStep(Exercise):
     def batch(self):
         return _images((self.BATCH, 3, 16, 16), 3, "cpu")
 
-    def _trials(self, step_once: Callable[[int], Any], model: nn.Module) -> list[Trial]:
-        trials = []
-        for n in range(self.STEPS):
-            torch.manual_seed(n)  # the same dropout masks (if any) for every version
-            loss = _attempt(lambda: step_once(n), grad=True)
-            if isinstance(loss, BaseException):
-                trials.append(Trial(f"step {n + 1}", loss))
-                break
-            weights, starts = _flat(model)
-            trials.append(Trial(f"step {n + 1}", torch.cat([loss.reshape(1), weights]),
-                                lambda i, s=starts: "" if not i else "in the loss" if i[0] == 0
-                                else _parameter_at([(o + 1, name) for o, name in s], i[0])))
+    def _trials(self, step_once: Callable[[int], Any], model: nn.Module, optimizer, weights: list[dict]) -> list[Trial]:
+        """Run ``step_once(n)`` for every step n, each from ``weights[n]``; record what optimizer.step() is given."""
+        given: list[torch.Tensor] = []
+        real_step = optimizer.step
+
+        def watched_step(*args, **kwargs):  # the gradient this update uses, as the learner's code left it
+            given.append(torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None
+                                    else p.grad.detach().reshape(-1).double() for p in model.parameters()]))
+            return real_step(*args, **kwargs)
+
+        optimizer.step = watched_step
+        trials, (_, starts) = [], _flat(model)
+        locate = lambda i: "" if not i else "in the loss" if i[0] == 0 else _parameter_at(  # noqa: E731
+            [(o + 1, name) for o, name in starts], i[0], "in the gradient")
+        try:
+            for n in range(self.STEPS):
+                with torch.no_grad():
+                    model.load_state_dict(weights[n])  # the package's weights before step n + 1
+                torch.manual_seed(n)  # the same dropout masks (if any) for every version
+                before = len(given)
+                loss = _attempt(lambda: step_once(n), grad=True)
+                if not isinstance(loss, BaseException) and len(given) == before:
+                    loss = _WrongType("no update: call optimizer.step() after loss.backward()")
+                if isinstance(loss, BaseException):
+                    trials.append(Trial(f"step {n + 1}", loss))
+                    break
+                trials.append(Trial(f"step {n + 1}", torch.cat([loss.reshape(1), given[-1]]), locate))
+        finally:
+            optimizer.step = real_step
         return trials
+
+    def _package_run(self, ctx) -> tuple[TrainState, list[dict]]:
+        """A fresh package state, and its weights before each step of the package's own run."""
+        config, batch = self.config(ctx), self.batch()
+        state = TrainState(config, torch.device("cpu"))
+        weights = [copy.deepcopy(state.model.state_dict())]
+        for _ in range(self.STEPS - 1):
+            train_step(state, batch.clone())
+            weights.append(copy.deepcopy(state.model.state_dict()))
+        return TrainState(config, torch.device("cpu")), weights
 
     def outcomes(self, version, ctx):
         config = self.config(ctx)
-        model = copy.deepcopy(TrainState(config, torch.device("cpu")).model)  # the package's initial weights
+        fresh, weights = self._package_run(ctx)
+        model = copy.deepcopy(fresh.model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         generator = _gen(config.seed + 1)  # the seed of the package's noise generator
         batch = self.batch()
-        return self._trials(lambda n: version(model, optimizer, batch.clone(), generator), model)
+        return self._trials(lambda n: version(model, optimizer, batch.clone(), generator), model, optimizer, weights)
 
     def expected(self, ctx):
-        state = TrainState(self.config(ctx), torch.device("cpu"))
+        state, weights = self._package_run(ctx)
         batch = self.batch()
-        return self._trials(lambda n: train_step(state, batch.clone()), state.model)
+        return self._trials(lambda n: train_step(state, batch.clone()), state.model, state.optimizer, weights)
 
     def package(self, ctx):
         return None  # later cells train with the package's train(), not with this function
