@@ -11,6 +11,8 @@ too — DPM-Solver++ with 20 network calls for a diffusion model (on flowers32 i
 ancestral sampler's KID, 51× faster, and beat DDIM with 50: docs/benchmarks.md), Euler with 20 for
 a flow model. A card may set its quality beside another model's (``baseline``: that model's name,
 KID ± std, sampler and steps, measured the same way) and says plainly which scores better.
+A card may also say whether its model copies its training images (``memorisation``: the JSON that
+benchmarks/bench_memorisation.py writes, e.g. docs/memorisation.json), in its "Is it copying?" section.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .model import UNet, count_parameters
 # The card's figures, in the order the Markdown shows them (any other key is listed after them).
 CARD_KEYS = ("command", "command_source", "commit", "images_seen", "steps", "epochs", "wall_time", "hardware",
              "final_loss", "parameters", "kid", "kid_std", "fid", "floor_kid", "floor_kid_std", "floor_fid",
-             "n_samples", "sampler", "sample_steps", "reference", "baseline", "table", "limitations", "notes")
+             "n_samples", "sampler", "sample_steps", "reference", "baseline", "table", "memorisation", "limitations",
+             "notes")
 
 # How a model samples unless told otherwise (the sample command, the cards' "Load it"): the
 # measured choice per objective, 20 network calls each.
@@ -99,7 +102,8 @@ def render_card(name: str, config: TrainConfig, card: dict) -> str:
     what = ("upsampler" if config.task == "sr" else "flow-matching model" if config.objective == "flow"
             else "DDPM")
     lines = ([f"# {name}: a pretrained diffusion_utils {what}", ""] + _what_it_is(config, c) + _load_it(name, config)
-             + _how_it_was_trained(config, c) + _quality(c, name) + _limitations(config, c))
+             + _how_it_was_trained(config, c) + _quality(c, name) + _copying(name, c.pop("memorisation", None))
+             + _limitations(config, c))
     notes = c.pop("notes", None)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {item}" for item in (notes if isinstance(notes, list) else [notes])]
@@ -300,6 +304,65 @@ def _table(rows) -> list[str]:
         seconds = row.get("seconds_per_image")
         lines.append(f"| {row.get('name', '')} | {_with_std(row.get('kid'), row.get('kid_std'))} | "
                      f"{_figure(row.get('fid'))} | {'' if seconds is None else f'{seconds:.3f}'} |")
+    return lines
+
+
+def _copying(name: str, measured) -> list[str]:
+    """The "Is it copying?" section: the rows of ``measured`` (bench_memorisation.py's JSON, its
+    ``results`` keyed by stage) whose model ends in ``name`` (``flowers32``; ``flowers32 → sr64`` for
+    sr64), as a table, the verdict in a sentence, the command, and the figures; ``measured["figures"]``,
+    if given, is the folder of the figures as a link from the card (e.g. ``../../docs``)."""
+    if not isinstance(measured, dict):
+        return []
+    rows = [r for r in measured.get("results", {}).values() if str(r.get("model", "")).split(" → ")[-1] == name]
+    if not rows:
+        return []
+    loo = {r.get("yardstick") for r in rows} == {"leave-one-out"}
+    against = ("each photo's distance to its nearest *other* training photo, d(xⱼ) = min over i ≠ j of "
+               "‖xⱼ − xᵢ‖: the leave-one-out yardstick, for a model trained on every photo, none left unseen"
+               if loo else "the same distance for real photos it never saw (held out)")
+    data, cpu, threads = measured.get("data", {}), measured.get("cpu"), measured.get("threads")
+    where = ("the images in [−1, 1], flattened" + ("" if all(r.get("space") == "pixels" for r in rows)
+                                                  else ", or their features"))
+    lines = ["", "## Is it copying?", "",
+             f"Each sample's distance to its nearest training photo, d(x) = min over i of ‖x − xᵢ‖ ({where}), "
+             f"beside {against}. A model that copies gives samples far closer than that; one that does not gives a "
+             f"median ratio, median d(samples) / median d(photos), near 1."
+             + (f" {data['note']}." if data.get("note") else ""), "",
+             "| samples | guidance | compared in | median d, samples | median d, photos | median ratio | near-copies |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        space = (f"pixels at {r.get('img_size')} px" if r.get("space") == "pixels"
+                 else f"features ({r.get('extractor')})")
+        photos = f"{r['yardstick_median']:.2f} ({_number(r.get('n_yardstick'))} photos)"
+        lines.append(f"| {_number(r.get('n_samples'))} from {r.get('model')}, {r.get('sampler')} | "
+                     f"{r.get('guidance')} | {space} | {r['sample_median']:.2f} | {photos} | "
+                     f"{r['median_ratio']:.2f} | {100 * r['near_copy_rate']:.1f} % |")
+    lines += ["", "Near-copies are samples closer to a training photo than 99 % of the photos are (the yardstick's "
+              "1st percentile): about 1 % by chance. A median ratio below 0.8, or 5 % near-copies, is copying "
+              "(`memorisation_test`, diffusion_utils/memorisation.py, says why).", ""]
+    ratios = sorted({f"{r['median_ratio']:.2f}" for r in rows})
+    ratio = ratios[0] if len(ratios) == 1 else f"{ratios[0]}–{ratios[-1]}"
+    rate = 100 * max(r["near_copy_rate"] for r in rows)
+    if all(r.get("finding") == "none" for r in rows):
+        yardstick = "the photos sit to one another" if loo else "unseen photos do"
+        lines.append(f"Verdict: no sign of copying. In every row the samples sit no closer to the training photos "
+                     f"than {yardstick} (median ratio {ratio}, at most {rate:.1f} % near-copies).")
+    else:
+        lines += ["Verdict, row by row:", ""] + [f"- {r.get('guidance')}: {r.get('verdict')}" for r in rows]
+    commands = sorted({r["command"] for r in rows if r.get("command")})
+    machine = ", ".join(str(part) for part in (cpu, f"{threads} thread{'s' * (threads != 1)}" if threads else "")
+                        if part)
+    if commands:
+        lines += ["", "Measured with " + " and ".join(f"`{command}`" for command in commands)
+                  + (f" ({machine})." if machine else ".")]
+    folder = measured.get("figures")
+    if folder:
+        for r in rows:
+            for key, what in (("figure", "the two distance distributions"),
+                              ("neighbours_figure", r.get("neighbours_shown"))):
+                if r.get(key):
+                    lines += ["", f"![{what}]({folder}/{r[key]})"]
     return lines
 
 

@@ -11,12 +11,17 @@ training images' distances to each other, for a model that trained on every imag
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 from torchvision.transforms.functional import gaussian_blur
 
+from conftest import REPO_ROOT
+from diffusion_utils import TrainConfig
+from diffusion_utils.cards import render_card
 from diffusion_utils.errors import ConfigError
 from diffusion_utils.features import RandomConvFeatures, extract_features
 from diffusion_utils.memorisation import (COPY_RATIO, MemorisationResult, Neighbours, leave_one_out_neighbours,
@@ -316,3 +321,46 @@ def test_bad_inputs_give_one_line_config_errors(case):
     with pytest.raises(ConfigError, match=message) as err:
         call(queries, references)
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model cards: the "Is it copying?" section
+# ---------------------------------------------------------------------------------------------
+def measured_row(model: str, finding: str, verdict: str) -> dict:
+    """One row as benchmarks/bench_memorisation.py writes it into docs/memorisation.json."""
+    return {"model": model, "n_samples": 100, "sampler": "dpmpp, 20 steps", "guidance": "none (unconditional)",
+            "img_size": 16, "space": "pixels", "extractor": None, "yardstick": "leave-one-out", "n_yardstick": 400,
+            "sample_median": 5.0, "yardstick_median": 10.0, "median_ratio": 0.5, "near_copy_rate": 0.9,
+            "finding": finding, "verdict": verdict, "command": "python benchmarks/bench_memorisation.py",
+            "figure": "memorisation_tiny.png"}
+
+
+def test_a_card_says_whether_its_model_copies():
+    """A card shows its own model's rows (a cascade's under its last stage), the verdict, the command and the
+    figures; with several findings, each row's verdict as memorisation_test worded it."""
+    copying = {"cpu": "some CPU", "threads": 1, "figures": "../docs",
+               "results": {"tiny": measured_row("tiny", "copies", "samples sit much closer …: the model copies"),
+                           "other": measured_row("other", "none", "no sign of copying")}}
+    text = render_card("tiny", TrainConfig(img_size=16), {"memorisation": copying})
+    section = text.split("## Is it copying?")[1].split("## Limitations")[0]
+    assert "| 100 from tiny, dpmpp, 20 steps | none (unconditional) | pixels at 16 px | 5.00 | 10.00 (400 photos) | " \
+           "0.50 | 90.0 % |" in section
+    assert "- none (unconditional): samples sit much closer …: the model copies" in section
+    assert "no sign of copying" not in section  # the other model's row is not this card's
+    assert "`python benchmarks/bench_memorisation.py` (some CPU, 1 thread)" in section
+    assert "](../docs/memorisation_tiny.png)" in section
+    assert "Is it copying?" not in render_card("tiny", TrainConfig(img_size=16), {})  # not measured: no section
+
+
+def test_the_shipped_cards_say_what_docs_memorisation_json_measured():
+    """flowers32.md and sr64.md are what tools/write_cards.py makes from their weights files' stored facts and
+    docs/memorisation.json, so their "Is it copying?" sections cannot drift from the measurement."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from write_cards import CARDS, WEIGHTS, memorisation, render
+
+    measured = memorisation()
+    assert measured is not None, "docs/memorisation.json is missing"
+    for name in CARDS:
+        text = (WEIGHTS / f"{name}.md").read_text(encoding="utf-8")
+        assert text == render(name, measured), f"{name}.md is stale: run python tools/write_cards.py"
+        assert "## Is it copying?" in text and "Verdict: " in text and "bench_memorisation.py" in text
