@@ -353,14 +353,17 @@ def test_a_card_says_whether_its_model_copies():
 
 
 def test_the_shipped_cards_say_what_docs_memorisation_json_measured():
-    """flowers32.md and sr64.md are what tools/write_cards.py makes from their weights files' stored facts and
-    docs/memorisation.json, so their "Is it copying?" sections cannot drift from the measurement."""
+    """Every shipped card is what tools/write_cards.py makes from its weights file's stored facts and
+    docs/memorisation.json, so flowers32's and sr64's "Is it copying?" sections cannot drift from the measurement."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))
-    from write_cards import CARDS, WEIGHTS, memorisation, render
+    from write_cards import CARDS, COPYING_MEASURED, WEIGHTS, memorisation, render
 
     measured = memorisation()
     assert measured is not None, "docs/memorisation.json is missing"
     for name in CARDS:
         text = (WEIGHTS / f"{name}.md").read_text(encoding="utf-8")
         assert text == render(name, measured), f"{name}.md is stale: run python tools/write_cards.py"
+    assert set(COPYING_MEASURED) <= set(CARDS)
+    for name in COPYING_MEASURED:
+        text = (WEIGHTS / f"{name}.md").read_text(encoding="utf-8")
         assert "## Is it copying?" in text and "Verdict: " in text and "bench_memorisation.py" in text

@@ -24,7 +24,8 @@ from diffusion_utils.cards import render_card
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "diffusion_utils" / "weights"
 MEMORISATION = ROOT / "docs" / "memorisation.json"
-CARDS = ("flowers32", "sr64")  # the shipped models the copying test measured (flowers32 alone, and as sr64's base)
+CARDS = ("flowers32", "sr64", "flowers32-flow")  # every shipped model
+COPYING_MEASURED = ("flowers32", "sr64")  # the models docs/memorisation.json measured (flowers32 alone, and as sr64's base)
 
 
 def memorisation() -> dict | None:
