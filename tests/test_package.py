@@ -113,3 +113,17 @@ def test_the_package_and_the_cli_work_without_ipywidgets():
     assert done.returncode == 0, done.stderr
     assert "widget: the notebook widgets need ipywidgets: pip install" in done.stdout
     assert "--pretrained" in done.stdout and "train" in done.stdout
+
+
+def test_the_readme_runs_the_tests_with_the_line_ci_runs():
+    """The README's first screen holds the test command, and .ci/run runs that very line; plain
+    `pytest` runs the notebooks too, because the nbval options live in pyproject.toml."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    ci_line = next(line for line in (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+                   if line.startswith("pip install"))
+    first_screen = readme[:readme.index("\n## ", readme.index("## Quick start") + 1)]
+    assert ci_line in first_screen.splitlines()
+    assert "pip install -e" in first_screen and "sample --pretrained flowers32" in first_screen
+    assert "will be published" in first_screen
+    addopts = re.search(r'^addopts = "(.*)"$', (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    assert "--nbval-lax" in addopts.group(1).split()
