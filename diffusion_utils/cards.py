@@ -159,7 +159,7 @@ def _what_a_flow_model_is(config: TrainConfig, size: str, data: str, params) -> 
         "",
         f"It samples by integrating the velocity from noise (t = 1) back to an image (t = 0): sampler "
         f"\"{sampler}\" with {steps} steps (one network call each){shift}, or \"heun\" (second order: two calls "
-        f"per interval, so its {steps} calls make {math.ceil(steps / 2)} intervals). The diffusion samplers (ddpm, "
+        f"per interval but the last, so its {steps} calls make {steps // 2 + 1} intervals). The diffusion samplers (ddpm, "
         f"ddim, dpmpp) do not apply.",
         "",
     ]

@@ -252,17 +252,21 @@ class Heun(Euler):
     """Heun's method (Karras et al. 2022, Algorithm 1): an Euler step to x̃, then the step again
     with the mean of the velocities at both ends: x_next = x + Δt·(û(x, t) + û(x̃, t_next))/2.
 
-    Two network calls per interval, second order. With an odd number of calls the last interval
-    is a plain Euler step, so ``steps`` calls buy ⌈steps/2⌉ intervals.
+    Two network calls per corrected interval, second order. As in Karras et al., the interval that
+    ends at t = 0 is never corrected: the correction would call the network on the clean image, a
+    time it barely trains on (logit-normal t never draws it), and measured on the quick flow model
+    it made the samples worse (an all-corrected 10-call run landed farther from the 200-step
+    solution than a 9-call run that ends in Euler). So ``steps`` calls buy ``steps // 2 + 1``
+    intervals: the last one Euler, and with an even ``steps`` the one before it too. One Euler
+    interval of O(Δt²) error leaves the method second order.
     """
 
     def intervals(self, steps: int) -> int:
         self.n_calls = steps
-        return (steps + 1) // 2
+        return steps // 2 + 1
 
     def corrects(self, i: int) -> bool:
-        last = i == self.intervals(self.n_calls) - 1
-        return not (last and self.n_calls % 2)
+        return i < self.n_calls - self.intervals(self.n_calls)  # the first calls − intervals intervals
 
     def correct(self, x, t, t_next, model_output, output_next):
         """The corrector: x_next = x + Δt·(û + û_next)/2, from the same x as :meth:`step`."""

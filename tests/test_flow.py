@@ -111,7 +111,8 @@ def test_gaussian_data_are_reached_at_the_methods_order(sampler_class, order):
     exact = mu + s * x1
     sampler = sampler_class(FlowPath())
     intervals = [8, 16, 32, 64]
-    calls = [k * (2 if sampler_class is Heun else 1) for k in intervals]
+    calls = [2 * k - 1 if sampler_class is Heun else k for k in intervals]  # Heun: k − 1 corrected, then Euler
+    assert [len(sampler.timesteps(c)) for c in calls] == intervals
     errors = [float((integrate(sampler, c, gaussian_velocity(mu, s), x1) - exact).abs().max()) for c in calls]
     slope = -np.polyfit(np.log(intervals), np.log(errors), 1)[0]
     assert slope == pytest.approx(order, abs=0.2), f"errors {errors}"
@@ -119,10 +120,14 @@ def test_gaussian_data_are_reached_at_the_methods_order(sampler_class, order):
     assert float(samples.mean()) == pytest.approx(mu, abs=0.02) and float(samples.std()) == pytest.approx(s, abs=0.02)
 
 
-def test_heun_with_odd_calls_ends_with_one_euler_step():
+def test_heun_never_corrects_the_interval_that_ends_at_t_0():
     heun = Heun(FlowPath())
     assert len(heun.timesteps(5)) == 3 and [heun.corrects(i) for i in range(3)] == [True, True, False]
-    assert len(heun.timesteps(4)) == 2 and [heun.corrects(i) for i in range(2)] == [True, True]
+    assert len(heun.timesteps(4)) == 3 and [heun.corrects(i) for i in range(3)] == [True, False, False]
+    assert len(heun.timesteps(1)) == 1 and not heun.corrects(0)
+    for steps in range(1, 12):  # every call is spent: two per corrected interval, one per Euler interval
+        n = len(heun.timesteps(steps))
+        assert sum(2 if heun.corrects(i) else 1 for i in range(n)) == steps and not heun.corrects(n - 1)
 
 
 def test_ddim_is_euler_on_the_reparameterised_flow():
