@@ -70,7 +70,7 @@ def test_every_test_the_troubleshooting_table_names_exists():
 def reader_texts():
     """What users read: the README, docs/, the model cards, the notebooks' markdown."""
     for path in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")),
-                 *sorted((PACKAGE / "weights").glob("*.md"))]:
+                 *sorted((PACKAGE / "pretrained" / "weights").glob("*.md"))]:
         yield path, path.read_text(encoding="utf-8")
     for folder in ("notebooks", "exercises"):
         for path in sorted((REPO_ROOT / folder).glob("*.ipynb")):
