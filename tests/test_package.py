@@ -267,3 +267,15 @@ def test_the_package_and_the_cli_work_without_ipywidgets():
     assert done.returncode == 0, done.stderr
     assert "widget: the notebook widgets need ipywidgets: pip install" in done.stdout
     assert "--pretrained" in done.stdout and "train" in done.stdout
+
+
+def test_no_file_of_the_package_is_ignored_by_git():
+    """A folder name such as data/ in .gitignore must not hide a module of the package: a clean
+    checkout (and the wheel built from it) would lack it."""
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(REPO_ROOT)) for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    done = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(files), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    ignored = done.stdout.split()
+    assert not ignored, f"git ignores {ignored}; add a ! line for them to .gitignore"
