@@ -71,9 +71,9 @@ import torch
 from bench_guidance import recorded_command
 from bench_recipes import score, throughput
 from diffusion_utils import TrainConfig, load_dataset, sample, save_grid, to_uint8
-from diffusion_utils.batches import batches_per_epoch, epoch_batches
-from diffusion_utils.checkpoint import load_checkpoint, save_checkpoint
-from diffusion_utils.metrics import InceptionFeatures, extract_features
+from diffusion_utils.data.batches import batches_per_epoch, epoch_batches
+from diffusion_utils.plumbing.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_utils.evaluation.metrics import InceptionFeatures, extract_features
 from diffusion_utils.samplers import Euler
 from diffusion_utils.training import TrainState, train_step
 from paused_timing import quiet, timed_with_run_paused
@@ -135,7 +135,7 @@ def features_in_pieces(images: torch.Tensor, folder: Path) -> torch.Tensor:
 
 def save_checkpoint_like(path: Path, tensor: torch.Tensor) -> None:
     """``torch.save`` of one tensor, atomically."""
-    from diffusion_utils.files import atomic_write
+    from diffusion_utils.plumbing.files import atomic_write
     atomic_write(path, lambda file: torch.save(tensor, file))
 
 

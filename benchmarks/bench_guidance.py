@@ -28,7 +28,7 @@ import torch
 
 from bench_recipes import add_model_arguments, model_to_score, real_features, samples_of, score
 from diffusion_utils import load_dataset
-from diffusion_utils.metrics import InceptionFeatures, extract_features
+from diffusion_utils.evaluation.metrics import InceptionFeatures, extract_features
 
 
 def recorded_command(argv: list[str]) -> str:

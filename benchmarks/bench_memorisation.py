@@ -18,7 +18,7 @@ Each stage samples a model (its images cached in ``--out-dir``) and runs
 
 Both models trained on every Flowers102 photo (8 189; the ones present locally are used), so no photo is
 held out: the yardstick is leave-one-out — each photo's distance to its nearest other photo (see
-diffusion_utils/memorisation.py for why that is fair). The JSON (``--json``) is rewritten after every
+diffusion_utils/evaluation/memorisation.py for why that is fair). The JSON (``--json``) is rewritten after every
 stage, and a stage already in it with the same settings is not run again. ``--figures`` gets, per model,
 the two distance distributions with the verdict and the samples closest to a photo beside their two
 nearest photos (``memorisation_{name}.png``, ``memorisation_neighbours_{name}.png``).
@@ -40,9 +40,9 @@ from bench_guidance import recorded_command
 from cpu_peak import cpu_flags
 from diffusion_utils import (load_dataset, load_pretrained, memorisation_test, nearest_neighbours, plot_memorisation,
                              plot_nearest_neighbours, sample, sample_cascade)
-from diffusion_utils.flowers102 import FLOWERS102_SIZE
-from diffusion_utils.metrics import InceptionFeatures, extract_features
-from diffusion_utils.pixels import draw_in_batches
+from diffusion_utils.data.flowers102 import FLOWERS102_SIZE
+from diffusion_utils.evaluation.metrics import InceptionFeatures, extract_features
+from diffusion_utils.plumbing.pixels import draw_in_batches
 
 BATCH = 250  # images per seeded batch: batch b starts from seed + b
 GUIDANCE = 3.0  # the guidance scale the sr64 card's cascade was measured with

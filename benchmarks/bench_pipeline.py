@@ -36,8 +36,8 @@ from torchvision import transforms
 
 from cpu_peak import cpu_peak
 from diffusion_utils import NoiseSchedule, TrainConfig, UNet, load_dataset, resolve_device
-from diffusion_utils.precision import bf16_available
-from diffusion_utils.data import epoch_batches
+from diffusion_utils.plumbing.precision import bf16_available
+from diffusion_utils.data.data import epoch_batches
 from diffusion_utils.training import TrainState, train_step
 
 # Dense peak throughput in TFLOP/s of the dtype the project trains in there (bf16 tensor cores on

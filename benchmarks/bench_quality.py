@@ -49,10 +49,10 @@ from bench_memorisation import machine
 from bench_recipes import add_model_arguments, model_to_score, real_features, score
 from diffusion_utils import (load_dataset, load_model, load_pretrained, pretrained_card, sample, save_grid, to_uint8,
                              upsample)
-from diffusion_utils.cards import DEFAULT_SAMPLE_STEPS, sampling_defaults
-from diffusion_utils.checks import SAMPLERS
-from diffusion_utils.data import to_model_range
-from diffusion_utils.metrics import InceptionFeatures, RandomConvFeatures, extract_features
+from diffusion_utils.pretrained.cards import DEFAULT_SAMPLE_STEPS, sampling_defaults
+from diffusion_utils.plumbing.checks import SAMPLERS
+from diffusion_utils.data.data import to_model_range
+from diffusion_utils.evaluation.metrics import InceptionFeatures, RandomConvFeatures, extract_features
 from diffusion_utils.superres import downsample, upsample_condition
 
 
@@ -171,7 +171,7 @@ def shareable_command(argv: list[str]) -> str:
 
 
 def card_facts(args, floor: dict, model_row: dict, img_size: int, baseline: dict | None = None) -> dict:
-    """The measurement as model-card facts (:func:`~diffusion_utils.cards.render_card`'s keys), with
+    """The measurement as model-card facts (:func:`~diffusion_utils.pretrained.cards.render_card`'s keys), with
     ``baseline`` (:func:`baseline_facts`) beside them."""
     facts = {"kid": model_row["kid"], "kid_std": model_row["kid_std"], "fid": model_row["fid"],
              "floor_kid": floor["kid"], "floor_kid_std": floor["kid_std"], "floor_fid": floor["fid"],

@@ -6,7 +6,7 @@
 Each recipe is the ``quick`` preset's network with a few settings changed, trained on all the
 Flowers102 images at 32 px for the same CPU time (``--minutes``), then judged on ``--n`` samples
 (DPM-Solver++, 20 steps, from its EMA weights) by KID ± std and FID on standard InceptionV3
-features (:class:`~diffusion_utils.metrics.InceptionFeatures`, offline: ``pip install
+features (:class:`~diffusion_utils.evaluation.metrics.InceptionFeatures`, offline: ``pip install
 "diffusion-utils[eval]"``) against ``--n-ref`` real images. The first line of the table is the
 floor: ``--n`` *other* real images scored the same way — no model can beat it at this n.
 
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from diffusion_utils import TrainConfig, load_dataset, load_model, load_pretrained, sample, save_grid, to_uint8
-from diffusion_utils.checkpoint import save_checkpoint
-from diffusion_utils.data import epoch_batches
-from diffusion_utils.metrics import InceptionFeatures, compute_fid, compute_kid, extract_features
+from diffusion_utils.plumbing.checkpoint import save_checkpoint
+from diffusion_utils.data.data import epoch_batches
+from diffusion_utils.evaluation.metrics import InceptionFeatures, compute_fid, compute_kid, extract_features
 from diffusion_utils.training import TrainState, train_step
 
 # Recipe name → changes to the quick preset as it is now (batch 16, lr 2e-3, power-function EMA).

@@ -37,8 +37,8 @@ import torch
 from bench_guidance import recorded_command
 from bench_recipes import add_model_arguments, model_to_score, real_features, score
 from diffusion_utils import fewest_calls_matching, load_dataset, plot_sampler_curve, sample
-from diffusion_utils.metrics import InceptionFeatures, extract_features
-from diffusion_utils.pixels import draw_in_batches
+from diffusion_utils.evaluation.metrics import InceptionFeatures, extract_features
+from diffusion_utils.plumbing.pixels import draw_in_batches
 
 DEFAULT_SETTINGS = ("ddpm-1000,ddpm-250,ddim-5,ddim-10,ddim-20,ddim-50,"
                     "dpmpp-5,dpmpp-10,dpmpp-20,dpmpp-50")

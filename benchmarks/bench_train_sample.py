@@ -27,7 +27,7 @@ from bench_pipeline import flops_per_image
 from cpu_peak import cpu_peak
 from diffusion_utils import NoiseSchedule, TrainConfig, UNet, count_parameters, resolve_device, sample, upsample
 from diffusion_utils.training import TrainState, train_step
-from diffusion_utils.precision import bf16_available
+from diffusion_utils.plumbing.precision import bf16_available
 
 
 def synchronize(device: torch.device) -> None:

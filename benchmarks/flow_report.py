@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_utils.files import atomic_write
+from diffusion_utils.plumbing.files import atomic_write
 
 CPU_NAME = "2-core AMD EPYC without native bf16"  # how the project names this machine beside its figures
 MISSING = "missing"

@@ -29,22 +29,22 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .cards import DEFAULT_SAMPLE_STEPS, sampling_defaults
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
-from .checks import MAX_SEED, SAMPLERS, is_device_name, resolve_device
 from .config import PRESET_ENV, PRESETS, TrainConfig
-from .data import dataset_name, load_dataset
-from .errors import DiffusionError, short_reason
-from .files import check_output_folder, lock_run_folder
+from .data.data import dataset_name, load_dataset
 from .guidance import class_ids
-from .pretrained import PRETRAINED, export_pretrained, load_pretrained
-from .pixels import draw_in_batches, to_model_range, to_uint8
+from .notebook.run_figures import TRAIN_OUTPUTS, RunFigures, train  # noqa: F401  (train: as Python callers reach it here)
+from .notebook.visualization import save_animation, save_grid, save_large_sample, save_stages_animation
+from .plumbing import distributed
+from .plumbing.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from .plumbing.checks import MAX_SEED, SAMPLERS, is_device_name, resolve_device
+from .plumbing.errors import DiffusionError, short_reason
+from .plumbing.files import check_output_folder, lock_run_folder
+from .plumbing.pixels import draw_in_batches, to_model_range, to_uint8
+from .pretrained.cards import DEFAULT_SAMPLE_STEPS, sampling_defaults
+from .pretrained.pretrained import PRETRAINED, export_pretrained, load_pretrained
+from .run import TrainingInterrupted, TrainingRun
 from .sampling import check_sampling_options, sample, sample_trajectory
 from .superres import upsample, upsample_trajectory
-from .run import TrainingInterrupted, TrainingRun
-from .run_figures import TRAIN_OUTPUTS, RunFigures, train  # noqa: F401  (train: as Python callers reach it here)
-from .visualization import save_animation, save_grid, save_large_sample, save_stages_animation
 
 
 class _Parser(argparse.ArgumentParser):

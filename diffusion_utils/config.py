@@ -6,7 +6,7 @@ sampling. That is a GPU job (hours on a Colab T4). ``TrainConfig.preset("quick")
 image, the model and the data so that a 2-core laptop CPU gets recognisable flower-coloured
 samples in a few minutes; the presets' values, and the measurements that chose them, are in
 :mod:`~diffusion_utils.presets`. The checks a config shares with the network, the samplers and
-the data (counts, numbers, a sampler's steps, device names) are in :mod:`~diffusion_utils.checks`.
+the data (counts, numbers, a sampler's steps, device names) are in :mod:`~diffusion_utils.plumbing.checks`.
 
 Two environment variables let notebooks and CI switch mode without editing a cell:
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import (FLOW_SAMPLERS, MAX_SEED, MAX_SIZES, SAMPLERS, as_float, as_int, check_halvable,
-                     check_sampler_steps, default_steps, is_device_name, is_int, resolve_device, shown)
-from .errors import ConfigError
 from .flow import FLOW_T, OBJECTIVES
+from .plumbing.checks import (FLOW_SAMPLERS, MAX_SEED, MAX_SIZES, SAMPLERS, as_float, as_int, check_halvable,
+                     check_sampler_steps, default_steps, is_device_name, is_int, resolve_device, shown)
+from .plumbing.errors import ConfigError
 from .presets import PRESETS
 from .schedule import LOSS_WEIGHTINGS, PREDICTIONS
 

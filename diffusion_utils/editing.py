@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .errors import ConfigError
+from .plumbing.errors import ConfigError
 from .sampling import sample
 from .schedule import NoiseSchedule
 

@@ -29,8 +29,8 @@ import math
 
 import torch
 
-from .distributed import shard_slice
-from .errors import ConfigError
+from .plumbing.distributed import shard_slice
+from .plumbing.errors import ConfigError
 
 OBJECTIVES = ("diffusion", "flow")  # what a network learns: DDPM's ε or v, or the flow's velocity
 FLOW_T = ("uniform", "logit_normal")

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .errors import ConfigError
+from .plumbing.errors import ConfigError
 
 
 def class_ids(classes, model: torch.nn.Module, n: int) -> torch.Tensor:

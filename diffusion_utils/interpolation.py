@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
 from .guidance import GuidedModel, check_guidance_scale, class_ids
+from .plumbing.errors import ConfigError
 from .sampling import sample
 from .schedule import NoiseSchedule
 

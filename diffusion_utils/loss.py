@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .distributed import shard_slice
+from .plumbing.distributed import shard_slice
 from .schedule import NoiseSchedule
 
 
@@ -76,7 +76,7 @@ def diffusion_loss(model: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Te
             ε′) and the network sees [xₜ, z_s] and s (noise-conditioning augmentation).
         generator: draws t and ε (on ``x0``'s device), in that order.
         shard: ``(rank, world_size)`` when ``x0`` is one of ``world_size`` equal slices of a
-            global batch (:func:`~diffusion_utils.distributed.shard_slice`): t, ε and the label
+            global batch (:func:`~diffusion_utils.plumbing.distributed.shard_slice`): t, ε and the label
             drops are drawn for the whole global batch and this rank keeps its slice, so N
             processes draw what one process would. ``(0, 1)``: ``x0`` is the whole batch.
         settings: the objective's :class:`LossSettings` (default: the simple loss, no label drops).

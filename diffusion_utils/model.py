@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_halvable
-from .errors import ConfigError
 from .flow import OBJECTIVES, TIME_SCALE
+from .plumbing.checks import check_halvable
+from .plumbing.errors import ConfigError
 from .schedule import check_prediction
 
 

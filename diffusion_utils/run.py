@@ -20,13 +20,13 @@ Around that loop:
   an uninterrupted run, on the CPU); ``init_from`` starts a new run from another run's EMA weights.
 - **Stopping.** The first Ctrl-C finishes the current step, writes a checkpoint and raises
   :class:`TrainingInterrupted`; a second stops at once. A NaN loss, or weights that became NaN or
-  infinite, raise :class:`~diffusion_utils.errors.TrainingDiverged` naming the step and the last
+  infinite, raise :class:`~diffusion_utils.plumbing.errors.TrainingDiverged` naming the step and the last
   good checkpoint. Steps are counted from 1, as the progress bar counts them.
 - **Hooks** (:class:`~diffusion_utils.run_hooks.RunHooks`) are called at the start, after every
-  step, after every epoch and at the end: the figures (:mod:`~diffusion_utils.run_figures`) and
+  step, after every epoch and at the end: the figures (:mod:`~diffusion_utils.notebook.run_figures`) and
   the live training view use them.
 - **Several processes** (``torchrun``): each rank takes its slice of every global batch; rank 0
-  alone keeps the EMA, draws the samples and writes files (:mod:`~diffusion_utils.distributed`).
+  alone keeps the EMA, draws the samples and writes files (:mod:`~diffusion_utils.plumbing.distributed`).
 """
 
 from __future__ import annotations
@@ -41,17 +41,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .batches import batches_per_epoch, epoch_batches
-from .checkpoint import CHECKPOINT_NAME, first_non_finite, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ImageDataset, load_dataset
-from .errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
-from .files import check_output_folder, lock_run_folder, remove_stale_temp_files
+from .data.batches import batches_per_epoch, epoch_batches
+from .data.data import ImageDataset, load_dataset
 from .model import UNet
+from .plumbing import distributed
+from .plumbing.checkpoint import CHECKPOINT_NAME, first_non_finite, load_checkpoint, save_checkpoint
+from .plumbing.errors import CheckpointError, ConfigError, TrainingDiverged, short_reason
+from .plumbing.files import check_output_folder, lock_run_folder, remove_stale_temp_files
+from .plumbing.pixels import to_model_range, to_uint8
 from .run_hooks import outputs_of
 from .run_start import check_init_from, init_weights_from, resumable, run_device, with_classes_of
-from .pixels import to_model_range, to_uint8
 from .sampling import sample
 from .schedule import NoiseSchedule
 from .superres import downsample, upsample
@@ -113,7 +113,7 @@ class TrainingRun:
 
     :func:`run_training` does the three; the CLI calls them one by one, so that every refusal
     comes before it announces the run. The caller holds ``out_dir``'s lock
-    (:func:`~diffusion_utils.files.lock_run_folder`) throughout: creating the run removes the
+    (:func:`~diffusion_utils.plumbing.files.lock_run_folder`) throughout: creating the run removes the
     temporary files a killed run left there.
 
     Args:

@@ -9,7 +9,7 @@ view are hooks; so is anything a notebook wants to see or record during a run
 
 from __future__ import annotations
 
-from .checkpoint import CHECKPOINT_NAME
+from .plumbing.checkpoint import CHECKPOINT_NAME
 
 
 class RunHooks:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .checkpoint import check_compatible, load_checkpoint, load_model
-from .checks import resolve_device
 from .config import TrainConfig
-from .data import ImageDataset
-from .errors import CheckpointError, ConfigError
+from .data.data import ImageDataset
+from .plumbing import distributed
+from .plumbing.checkpoint import check_compatible, load_checkpoint, load_model
+from .plumbing.checks import resolve_device
+from .plumbing.errors import CheckpointError, ConfigError
 from .training import TrainState
 
 

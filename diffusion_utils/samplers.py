@@ -35,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ConfigError
 from .flow import FlowPath
+from .plumbing.errors import ConfigError
 from .schedule import NoiseSchedule, at_timesteps
 
 SPACINGS = ("trailing", "leading", "linspace")

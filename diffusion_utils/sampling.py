@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checks import as_int, check_sampler_steps
-from .errors import ConfigError
 from .flow import FlowPath
 from .guidance import GuidedModel, check_guidance_scale, class_ids
-from .pixels import to_uint8
-from .precision import bf16_available
+from .plumbing.checks import as_int, check_sampler_steps
+from .plumbing.errors import ConfigError
+from .plumbing.pixels import to_uint8
+from .plumbing.precision import bf16_available
 from .samplers import DDPM, DIFFUSION_SAMPLERS, FLOW_SAMPLERS, SPACINGS, make_sampler, timesteps_for
 from .schedule import NoiseSchedule
 

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .errors import ConfigError
+from .plumbing.errors import ConfigError
 
 PREDICTIONS = ("eps", "v")  # what the network outputs: the noise ε, or v = √ᾱ ε − √(1−ᾱ) x₀
 LOSS_WEIGHTINGS = ("none", "min_snr")

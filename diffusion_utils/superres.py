@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .distributed import shard_slice
-from .errors import ConfigError
+from .plumbing.distributed import shard_slice
+from .plumbing.errors import ConfigError
 from .sampling import Trajectory, sample, sample_trajectory
 from .schedule import NoiseSchedule
 

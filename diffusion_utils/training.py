@@ -17,7 +17,7 @@ labels, and the loss drops them with probability ``p_uncond`` (classifier-free g
 upsampler (``config.task == "sr"``) trains on (x₀, z) pairs, z being x₀ shrunk and blown up again
 (:mod:`~diffusion_utils.superres`). With several processes (``torchrun``), the state's network is
 wrapped in DistributedDataParallel and each rank takes its slice of every global batch
-(:mod:`~diffusion_utils.distributed`).
+(:mod:`~diffusion_utils.plumbing.distributed`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import math
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from . import distributed
 from .config import TrainConfig
-from .errors import ConfigError, TrainingDiverged
 from .flow import flow_loss
 from .loss import LossSettings, diffusion_loss
 from .model import UNet
-from .precision import bf16_available
+from .plumbing import distributed
+from .plumbing.errors import ConfigError, TrainingDiverged
+from .plumbing.precision import bf16_available
 from .schedule import schedule_for
 from .superres import training_pair
 

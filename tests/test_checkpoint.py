@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from diffusion_utils import CheckpointError, TrainConfig, load_checkpoint, load_model, save_checkpoint
-from diffusion_utils.checkpoint import ENTRIES, FORMAT, check_compatible, checkpoint_problem
-from diffusion_utils.errors import short_reason
+from diffusion_utils.plumbing.checkpoint import ENTRIES, FORMAT, check_compatible, checkpoint_problem
+from diffusion_utils.plumbing.errors import short_reason
 
 from conftest import tiny_config
 

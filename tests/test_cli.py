@@ -19,7 +19,7 @@ from PIL import Image
 import diffusion_utils.cli as cli
 from diffusion_utils import CHECKPOINT_NAME, load_checkpoint
 from diffusion_utils.cli import main
-from diffusion_utils.files import LOCK_NAME
+from diffusion_utils.plumbing.files import LOCK_NAME
 
 # A train command that finishes in a second or two: the quick preset's 3-level UNet at 16 px,
 # 8 base channels, 32 synthetic images in 2 batches, 20 diffusion steps, 2-step DDIM grids.

@@ -18,15 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-import diffusion_utils.data as data
-import diffusion_utils.flowers102 as flowers102
-import diffusion_utils.image_cache as image_cache
+import diffusion_utils.data.data as data
+import diffusion_utils.data.flowers102 as flowers102
+import diffusion_utils.data.image_cache as image_cache
 from diffusion_utils import (ConfigError, DataError, DiffusionError, ImageDataset, load_dataset, load_held_out,
                              make_synthetic_flowers)
-from diffusion_utils.batches import epoch_batches
-from diffusion_utils.data import subset_indices
-from diffusion_utils.flowers102 import FLOWERS102_MIRRORS
-from diffusion_utils.image_cache import cache_path_for, preprocess
+from diffusion_utils.data.batches import epoch_batches
+from diffusion_utils.data.data import subset_indices
+from diffusion_utils.data.flowers102 import FLOWERS102_MIRRORS
+from diffusion_utils.data.image_cache import cache_path_for, preprocess
 
 
 def one_line(err: BaseException) -> str:

@@ -23,9 +23,9 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_config
 from diffusion_utils import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
-from diffusion_utils import distributed
-from diffusion_utils.data import epoch_batches, make_synthetic_flowers
-from diffusion_utils.errors import ConfigError
+from diffusion_utils.plumbing import distributed
+from diffusion_utils.data.data import epoch_batches, make_synthetic_flowers
+from diffusion_utils.plumbing.errors import ConfigError
 from diffusion_utils.run import TrainingInterrupted
 
 # Tolerance for "the same weights": the all-reduce adds the two half-batch gradients in another

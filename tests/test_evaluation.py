@@ -1,4 +1,4 @@
-"""Comparing samplers (diffusion_utils.evaluation) and the helpers notebooks 04/05 lean on:
+"""Comparing samplers (diffusion_utils.evaluation.evaluation) and the helpers notebooks 04/05 lean on:
 ``evaluate_samplers``, ``plot_sampler_comparison``, ``load_trained_or_pretrained``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from diffusion_utils import (NoiseSchedule, RandomConvFeatures, export_pretrained, load_trained_or_pretrained,
                              fewest_calls_matching, make_synthetic_flowers, plot_sampler_comparison,
                              plot_sampler_curve)
-from diffusion_utils.evaluation import evaluate_samplers
+from diffusion_utils.evaluation.evaluation import evaluate_samplers
 
 from conftest import tiny_unet
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from diffusion_utils.errors import RunFolderError
-from diffusion_utils.files import (LOCK_NAME, atomic_write, check_output_folder, lock_run_folder,
+from diffusion_utils.plumbing.errors import RunFolderError
+from diffusion_utils.plumbing.files import (LOCK_NAME, atomic_write, check_output_folder, lock_run_folder,
                                    remove_stale_temp_files)
 
 fcntl = pytest.importorskip("fcntl") if sys.platform != "win32" else None

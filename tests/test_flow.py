@@ -9,8 +9,8 @@ import torch
 
 from diffusion_utils import (DDIM, ConfigError, Euler, FlowPath, Heun, NoiseSchedule, TrainConfig, UNet, flow_loss,
                              sample, sample_trajectory)
-from diffusion_utils.checkpoint import check_compatible
-from diffusion_utils.errors import CheckpointError
+from diffusion_utils.plumbing.checkpoint import check_compatible
+from diffusion_utils.plumbing.errors import CheckpointError
 
 
 def tiny_flow_unet(num_classes=0):

@@ -14,8 +14,8 @@ from conftest import tiny_config, tiny_unet
 from diffusion_utils import (ConfigError, TrainConfig, diffusion_loss, load_checkpoint,
                              load_dataset, load_model, make_synthetic_flowers, sample, train)
 from diffusion_utils.cli import main
-from diffusion_utils.data import SYNTHETIC_CLASS_NAMES, epoch_batches
-from diffusion_utils.errors import CheckpointError
+from diffusion_utils.data.data import SYNTHETIC_CLASS_NAMES, epoch_batches
+from diffusion_utils.plumbing.errors import CheckpointError
 from diffusion_utils.guidance import GuidedModel, check_guidance_scale, class_ids
 
 NAMES = ("red rose", "sunflower", "daisy")

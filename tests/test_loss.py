@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from diffusion_utils import ConfigError, NoiseSchedule
-from diffusion_utils.distributed import shard_slice
+from diffusion_utils.plumbing.distributed import shard_slice
 from diffusion_utils.loss import LossSettings, diffusion_loss
 
 from conftest import tiny_unet

@@ -1,4 +1,4 @@
-"""Memorisation (diffusion_utils.memorisation, .neighbours): nearest training neighbours and the test.
+"""Memorisation (diffusion_utils.evaluation.memorisation, .neighbours): nearest training neighbours and the test.
 
 The search is checked against a brute-force numpy computation and against itself in one chunk;
 the leave-one-out search against the same brute force with each image's own distance masked.
@@ -21,13 +21,13 @@ from torchvision.transforms.functional import gaussian_blur
 
 from conftest import REPO_ROOT
 from diffusion_utils import TrainConfig
-from diffusion_utils.cards import render_card
-from diffusion_utils.errors import ConfigError
-from diffusion_utils.features import RandomConvFeatures, extract_features
-from diffusion_utils.memorisation import (COPY_RATIO, MemorisationResult, Neighbours, leave_one_out_neighbours,
+from diffusion_utils.pretrained.cards import render_card
+from diffusion_utils.plumbing.errors import ConfigError
+from diffusion_utils.evaluation.features import RandomConvFeatures, extract_features
+from diffusion_utils.evaluation.memorisation import (COPY_RATIO, MemorisationResult, Neighbours, leave_one_out_neighbours,
                                           memorisation_test, nearest_neighbours, plot_memorisation, plot_nearest_neighbours)
-from diffusion_utils.pixels import to_model_range
-from diffusion_utils.synthetic import make_synthetic_flowers
+from diffusion_utils.plumbing.pixels import to_model_range
+from diffusion_utils.data.synthetic import make_synthetic_flowers
 
 N_TRAIN, N_HELD_OUT, N_SAMPLES = 200, 100, 100
 

@@ -1,4 +1,4 @@
-"""KID and FID (diffusion_utils.metrics): offline, with the small random-conv feature extractor.
+"""KID and FID (diffusion_utils.evaluation.metrics): offline, with the small random-conv feature extractor.
 
 Two independent draws of synthetic flowers play "the same distribution"; a brightness shift and
 a Gaussian blur of one of them play two typical ways samples go wrong. Precomputed features must
@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from diffusion_utils.pixels import to_model_range
-from diffusion_utils.synthetic import make_synthetic_flowers
-from diffusion_utils.errors import ConfigError, DiffusionError
-from diffusion_utils import features as features_module, metrics
-from diffusion_utils.features import (FeatureExtractorError, InceptionFeatures, RandomConvFeatures,
+from diffusion_utils.plumbing.pixels import to_model_range
+from diffusion_utils.data.synthetic import make_synthetic_flowers
+from diffusion_utils.plumbing.errors import ConfigError, DiffusionError
+from diffusion_utils.evaluation import features as features_module, metrics
+from diffusion_utils.evaluation.features import (FeatureExtractorError, InceptionFeatures, RandomConvFeatures,
                                       default_feature_extractor, extract_features)
-from diffusion_utils.metrics import KIDResult, compute_fid, compute_kid
+from diffusion_utils.evaluation.metrics import KIDResult, compute_fid, compute_kid
 
 N = 200  # per set: enough for a clear ranking, > 64 feature dims for FID, ~1 s per metric call
 OFFLINE_INCEPTION = features_module._offline_inception_installed()

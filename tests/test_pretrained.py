@@ -1,7 +1,7 @@
 """Pretrained weights: export → load round trip, the model card, one-line errors, the CLI.
 
 The exported models come from the shared tiny training run (``trained_run`` in conftest). The
-tests of the shipped ``flowers32`` skip until its file is in ``diffusion_utils/weights/``.
+tests of the shipped ``flowers32`` skip until its file is in ``diffusion_utils/pretrained/weights/``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 
 from diffusion_utils import (PRETRAINED, CheckpointError, DiffusionError, TrainConfig, export_pretrained,
                              load_model, load_pretrained, pretrained_card, sample)
-from diffusion_utils import pretrained as pretrained_module
-from diffusion_utils.cards import render_card
+from diffusion_utils.pretrained import pretrained as pretrained_module
+from diffusion_utils.pretrained.cards import render_card
 from diffusion_utils.cli import build_parser, main, train_command, train_overrides
-from diffusion_utils.pretrained import PRETRAINED_FORMAT
+from diffusion_utils.pretrained.pretrained import PRETRAINED_FORMAT
 
 from conftest import tiny_config
 
@@ -329,9 +329,9 @@ def test_errors_are_diffusion_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# The shipped flowers32 (skips until its file is in diffusion_utils/weights/)
+# The shipped flowers32 (skips until its file is in diffusion_utils/pretrained/weights/)
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif("flowers32" not in PRETRAINED, reason="flowers32.pt is not in diffusion_utils/weights/ yet")
+@pytest.mark.skipif("flowers32" not in PRETRAINED, reason="flowers32.pt is not in diffusion_utils/pretrained/weights/ yet")
 def test_shipped_flowers32_loads_and_samples():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

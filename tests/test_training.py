@@ -22,7 +22,7 @@ import diffusion_utils.training as training
 from diffusion_utils import (CHECKPOINT_NAME, CheckpointError, ConfigError, RunFolderError, TrainingDiverged,
                              TrainingInterrupted, load_checkpoint, load_dataset, load_model, make_ema,
                              save_checkpoint, train)
-from diffusion_utils.checkpoint import check_compatible
+from diffusion_utils.plumbing.checkpoint import check_compatible
 from diffusion_utils.loss import diffusion_loss
 from diffusion_utils.training import TrainState, ema_decay_at, learning_rate, train_step
 

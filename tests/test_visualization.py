@@ -9,7 +9,7 @@ from PIL import Image
 
 from diffusion_utils import (Trajectory, TrainConfig, UNet, grid_image, plot_epoch_table, plot_loss, plot_unet,
                              save_animation, save_gif, save_grid, to_uint8, unet_levels)
-from diffusion_utils.visualization import smooth
+from diffusion_utils.notebook.visualization import smooth
 
 
 def test_to_uint8_and_grid_image():
@@ -73,7 +73,7 @@ def test_smooth_is_bias_corrected():
 def test_frame_indices_are_distinct_increasing_and_bunch_late():
     """Exactly min(n, total) distinct increasing indices with both ends; late spacing puts more
     of them in the second half of the trajectory than even spacing does."""
-    from diffusion_utils.visualization import frame_indices
+    from diffusion_utils.notebook.visualization import frame_indices
 
     for total, n in [(11, 11), (11, 20), (101, 30), (1001, 40), (4, 3), (2, 2)]:
         for late in (False, True):
@@ -135,7 +135,7 @@ def test_the_loss_axis_says_what_the_run_trains(prediction, weighting, label):
 
 
 def test_loss_png_is_labelled_by_the_runs_config(tmp_path, monkeypatch, make_config):
-    import diffusion_utils.run_figures as run_figures
+    import diffusion_utils.notebook.run_figures as run_figures
     from diffusion_utils import train
     seen = []
     monkeypatch.setattr(run_figures, "plot_loss", lambda losses, path, label: seen.append(label))

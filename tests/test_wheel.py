@@ -53,11 +53,11 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_wheel_holds_every_module_the_weights_their_cards_and_the_class_names(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = [p.relative_to(REPO_ROOT).as_posix() for p in sorted(PACKAGE.glob("*.py"))]
-    shipped += [p.relative_to(REPO_ROOT).as_posix() for p in sorted((PACKAGE / "weights").iterdir())
+    shipped = [p.relative_to(REPO_ROOT).as_posix() for p in sorted(PACKAGE.rglob("*.py"))]
+    shipped += [p.relative_to(REPO_ROOT).as_posix() for p in sorted((PACKAGE / "pretrained" / "weights").iterdir())
                 if p.suffix in (".pt", ".md")]
     assert any(name.endswith(".pt") for name in shipped) and any(name.endswith(".md") for name in shipped)
-    assert "diffusion_utils/flowers102_classes.txt" in names
+    assert "diffusion_utils/data/flowers102_classes.txt" in names
     missing = [name for name in shipped if name not in names]
     assert not missing, f"not in the wheel: {missing}"
 
@@ -69,7 +69,7 @@ def test_load_pretrained_works_from_the_unpacked_wheel(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     script = (
         "import torch, diffusion_utils as du\n"
-        "from diffusion_utils.flowers102 import flowers102_class_names\n"
+        "from diffusion_utils.data.flowers102 import flowers102_class_names\n"
         "print(du.__file__)\n"
         "print(','.join(du.PRETRAINED))\n"
         "name = 'flowers32'\n"
@@ -87,4 +87,4 @@ def test_load_pretrained_works_from_the_unpacked_wheel(wheel, tmp_path):
     location, pretrained, classes = ran.stdout.split()
     assert Path(location).is_relative_to(site)
     assert "flowers32" in pretrained.split(",") and classes == "102"
-    assert (site / "diffusion_utils" / "weights" / "flowers32.md").is_file()
+    assert (site / "diffusion_utils" / "pretrained" / "weights" / "flowers32.md").is_file()

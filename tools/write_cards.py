@@ -1,8 +1,8 @@
-"""Write the shipped model cards, ``diffusion_utils/weights/NAME.md``, from what ``NAME.pt`` stores
+"""Write the shipped model cards, ``diffusion_utils/pretrained/weights/NAME.md``, from what ``NAME.pt`` stores
 (its config and card facts) and from ``docs/memorisation.json`` (their "Is it copying?" section).
 
 The card's facts live in the weights file; the copying test's numbers live in the JSON that
-``benchmarks/bench_memorisation.py`` writes. Both go through :func:`diffusion_utils.cards.render_card`,
+``benchmarks/bench_memorisation.py`` writes. Both go through :func:`diffusion_utils.pretrained.cards.render_card`,
 and a test regenerates the cards and fails when the committed ones differ, so a card cannot drift
 from either.
 
@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 from diffusion_utils import load_pretrained, pretrained_card
-from diffusion_utils.cards import render_card
+from diffusion_utils.pretrained.cards import render_card
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "diffusion_utils" / "weights"
+WEIGHTS = ROOT / "diffusion_utils" / "pretrained" / "weights"
 MEMORISATION = ROOT / "docs" / "memorisation.json"
 CARDS = ("flowers32", "sr64", "flowers32-flow")  # every shipped model
 COPYING_MEASURED = ("flowers32", "sr64")  # the models docs/memorisation.json measured (flowers32 alone, and as sr64's base)

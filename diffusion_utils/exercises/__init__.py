@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..plumbing.errors import ConfigError
 from .framework import CheckResult, Exercise, verdict
 from .notebook01 import AlphaBar, QSample
 from .notebook02 import AddTimeEmbedding, Embed

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import short_reason
+from ..plumbing.errors import short_reason
 
 NOT_WRITTEN = Ellipsis  # what a stub returns (``return ...``) or assigns (``alpha_bar = ...``)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..editing import sdedit, start_timestep
-from ..errors import ConfigError
+from ..plumbing.errors import ConfigError
 from ..guidance import GuidedModel
 from .framework import (Exercise, Mistake, Trial, _Recorder, _as_output, _attempt, _images, _randn, _schedule_device, _view)
 

@@ -15,29 +15,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image as PILImage, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
-from .model import unet_levels
-from .pixels import to_uint8
-from .sampling import Trajectory
-
-
-def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
-    """Lay ``fig`` out, save it as a PNG at ``path`` (its folder made) if given, and return it."""
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
-
-
-def grid_image(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """A batch (N, 3, H, W) — uint8, or float in [-1, 1] — as one uint8 HWC grid image."""
-    if images.dtype != torch.uint8:
-        images = to_uint8(images)
-    nrow = nrow or int(np.ceil(np.sqrt(len(images))))
-    grid = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=255)
-    return grid.permute(1, 2, 0).numpy()
+from ..model import unet_levels
+from ..plumbing.figures import finish_figure, grid_image
+from ..plumbing.pixels import to_uint8
+from ..sampling import Trajectory
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> Path:
@@ -56,7 +38,7 @@ def show_images(images: torch.Tensor, title: str = "", nrow: int | None = None,
     ax.imshow(grid_image(images, nrow), interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    return _finish(fig, None)
+    return finish_figure(fig, None)
 
 
 def save_large_sample(image: torch.Tensor, path: str | os.PathLike, title: str = "") -> Path:
@@ -66,7 +48,7 @@ def save_large_sample(image: torch.Tensor, path: str | os.PathLike, title: str =
     ax.imshow(grid_image(image[None], padding=0), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-    _finish(fig, path)
+    finish_figure(fig, path)
     return Path(path)
 
 
@@ -110,7 +92,7 @@ def plot_loss(losses, path: str | os.PathLike | None = None, title: str = "Train
     ax = fig.add_subplot()
     draw_loss(ax, losses, label)
     ax.set_title(title)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_epoch_table(epoch_grids: dict[int, torch.Tensor], path: str | os.PathLike | None = None,
@@ -126,7 +108,7 @@ def plot_epoch_table(epoch_grids: dict[int, torch.Tensor], path: str | os.PathLi
         ax.set_title(f"Epoch {epoch}")
         ax.axis("off")
     fig.suptitle("Samples from fixed noise as training proceeds")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def trajectory_grids(trajectory: Trajectory, max_images: int = 16, nrow: int | None = None,
@@ -243,7 +225,7 @@ def plot_schedules(schedules: dict, path: str | os.PathLike | None = None) -> Fi
     for ax in (ax_ab, ax_snr):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], size: float = 1.3) -> Figure:
@@ -260,7 +242,7 @@ def plot_image_rows(rows: dict[str, torch.Tensor], column_titles: list[str], siz
                 ax.set_title(column_titles[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    return _finish(fig, None)
+    return finish_figure(fig, None)
 
 
 def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None = None) -> Figure:
@@ -273,12 +255,12 @@ def plot_time_embedding(embedding: torch.Tensor, path: str | os.PathLike | None 
     ax.set_ylabel("timestep t")
     ax.set_title("Sinusoidal time embedding")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_kid=None) -> Figure:
     """KID (± std) and seconds per image against network calls, one line per fast sampler, with
-    the 1000-step DDPM as a dashed reference. ``runs``: :class:`~diffusion_utils.evaluation.SamplerRun` list.
+    the 1000-step DDPM as a dashed reference. ``runs``: :class:`~diffusion_utils.evaluation.evaluation.SamplerRun` list.
     ``real_kid``: a :class:`~diffusion_utils.KIDResult` of real images against the same reference,
     drawn as a dotted line: the floor a perfect sampler would reach at this sample size."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -312,7 +294,7 @@ def plot_sampler_comparison(runs, path: str | os.PathLike | None = None, real_ki
         ax.set_xlabel("network calls per image")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 SAMPLER_NAMES = {"ddim": "DDIM (η=0)", "dpmpp": "DPM-Solver++(2M)", "ddpm": "DDPM ancestral (1000 steps; 250 respaced)"}
@@ -342,7 +324,7 @@ def plot_sampler_curve(table: dict, path: str | os.PathLike | None = None) -> Fi
            title=f"{table.get('weights', 'model')}: quality against sampling cost, {table.get('img_size', '?')} px")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_unet(model, path: str | os.PathLike | None = None) -> Figure:
@@ -400,4 +382,4 @@ def plot_unet(model, path: str | os.PathLike | None = None) -> Figure:
     ax.set_ylim(y_mid - 1.0, ys[0] + 1.0)
     ax.axis("off")
     ax.set_title(f"The UNet, drawn from the model: {n} levels, {sum(p.numel() for p in model.parameters()):,} parameters")
-    return _finish(fig, path)
+    return finish_figure(fig, path)

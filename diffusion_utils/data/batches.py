@@ -1,7 +1,7 @@
 """Batches for training: one epoch of shuffled, randomly flipped images, replayable from any batch.
 
 The only augmentation is a random horizontal flip, applied on the fly to whole batches of the
-uint8 images held in memory (:class:`~diffusion_utils.data.ImageDataset`); nothing is decoded
+uint8 images held in memory (:class:`~diffusion_utils.data.data.ImageDataset`); nothing is decoded
 during training.
 """
 
@@ -11,8 +11,8 @@ from typing import Iterator
 
 import torch
 
-from .distributed import shard_slice
-from .pixels import to_model_range
+from ..plumbing.distributed import shard_slice
+from ..plumbing.pixels import to_model_range
 
 
 def batches_per_epoch(n_images: int, batch_size: int) -> int:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..plumbing.pixels import draw_in_batches
+from ..sampling import sample
+from ..schedule import NoiseSchedule
 from .metrics import KIDResult, compute_kid
-from .pixels import draw_in_batches
-from .sampling import sample
-from .schedule import NoiseSchedule
 
 
 @dataclass
@@ -53,7 +53,7 @@ def evaluate_samplers(model: torch.nn.Module, schedule: NoiseSchedule, reference
     Every setting starts from the same noise (batch b uses the generator seeded ``seed + b``), so
     differences come from the sampler, not from luck. ``reference``: real images, uint8 or
     [-1, 1] floats (N, 3, H, W) at the model's resolution. ``feature_extractor``: as for
-    :func:`~diffusion_utils.metrics.compute_kid` (``None`` = InceptionV3).
+    :func:`~diffusion_utils.evaluation.metrics.compute_kid` (``None`` = InceptionV3).
     """
     device = next(model.parameters()).device
     runs = []

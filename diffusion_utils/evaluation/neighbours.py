@@ -2,12 +2,12 @@
 
 :func:`nearest_neighbours` is an exact k-nearest-neighbour search by Euclidean distance, in pixel
 space (the flattened images in [-1, 1]) or in the feature space of a fixed network
-(:mod:`~diffusion_utils.features`). It runs in chunks of ``batch_size`` queries × ``batch_size``
+(:mod:`~diffusion_utils.evaluation.features`). It runs in chunks of ``batch_size`` queries × ``batch_size``
 references (``torch.cdist``), so 1 000 samples against the 8 000 Flowers102 photos (each
 3 × 64 × 64) fit in a few hundred MB; the winners are then measured again in float64.
 
 :func:`leave_one_out_neighbours` searches a set against itself, each image's own row left out: the
-nearest *other* images. :mod:`~diffusion_utils.memorisation` builds its test on both, and
+nearest *other* images. :mod:`~diffusion_utils.evaluation.memorisation` builds its test on both, and
 :func:`plot_nearest_neighbours` shows samples above the training images they sit closest to.
 """
 
@@ -21,10 +21,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .errors import ConfigError
+from ..plumbing.errors import ConfigError
+from ..plumbing.figures import finish_figure, grid_image
+from ..plumbing.pixels import to_model_range
 from .features import check_batch_size, default_feature_extractor, extract_features
-from .pixels import to_model_range
-from .visualization import _finish, grid_image
 
 SPACES = ("pixels", "features")
 DEFAULT_CHUNK = 1024  # images per chunk of queries and of references: 1024 × 12 288 float32 ≈ 50 MB at 64 px
@@ -50,14 +50,14 @@ def nearest_neighbours(queries: torch.Tensor, references: torch.Tensor, k: int =
 
     Args:
         queries: images (N, C, H, W), float in [-1, 1] or uint8 in [0, 255] (read as
-            :func:`~diffusion_utils.pixels.to_model_range` does); e.g. samples.
+            :func:`~diffusion_utils.plumbing.pixels.to_model_range` does); e.g. samples.
         references: images (M, C, H, W) of the same C, H, W; e.g. the training images.
         k: neighbours per query, in [1, M].
         space: ``"pixels"`` (the flattened images in [-1, 1]) or ``"features"`` (the feature
             vectors of ``extractor``; then either set may also be given as (N, d) features from
-            :func:`~diffusion_utils.features.extract_features`, and 3 channels are needed).
+            :func:`~diffusion_utils.evaluation.features.extract_features`, and 3 channels are needed).
         extractor: the feature network for ``space="features"`` (``None``: InceptionV3,
-            :func:`~diffusion_utils.features.default_feature_extractor`); only used there.
+            :func:`~diffusion_utils.evaluation.features.default_feature_extractor`); only used there.
         batch_size: queries and references per distance block (bounds memory; the result does
             not depend on it).
 
@@ -254,7 +254,7 @@ def plot_nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor, i
                 ax.set_ylabel("sample" if r == 0 else "nearest" if r == 1 else f"{_ordinal(r)} nearest", fontsize=8)
     fig.suptitle(f"Each sample (top) and its {'nearest training image' if k == 1 else f'{k} nearest training images'} "
                  f"(below)", fontsize=10)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def _cpu_tensor(x) -> torch.Tensor:

@@ -21,8 +21,8 @@ from PIL import Image
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .errors import DataError, RunFolderError
-from .files import atomic_write, is_writable
+from ..plumbing.errors import DataError, RunFolderError
+from ..plumbing.files import atomic_write, is_writable
 
 CACHE_ENV = "DIFFUSION_CACHE_DIR"
 DEFAULT_HOME = Path("~/.cache/diffusion_utils").expanduser()

@@ -23,11 +23,12 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .errors import ConfigError
-from .guidance import check_guidance_scale, class_ids
-from .pixels import to_uint8
-from .sampling import Trajectory, sample
-from .visualization import draw_loss, grid_image, loss_label, trajectory_grids
+from ..guidance import check_guidance_scale, class_ids
+from ..plumbing.errors import ConfigError
+from ..plumbing.figures import grid_image
+from ..plumbing.pixels import to_uint8
+from ..sampling import Trajectory, sample
+from .visualization import draw_loss, loss_label, trajectory_grids
 
 try:
     import ipywidgets as widgets

@@ -18,7 +18,7 @@ a path::
 
 A flow-matching model (``flowers32-flow``) loads the same way; in place of the schedule comes
 its :class:`~diffusion_utils.flow.FlowPath`, and it samples with ``sampler="euler"`` or ``"heun"``
-(:func:`~diffusion_utils.cards.sampling_defaults` gives any model's default sampler and steps).
+(:func:`~diffusion_utils.pretrained.cards.sampling_defaults` gives any model's default sampler and steps).
 
 float16 keeps about three significant digits per weight: samples from the same noise typically
 differ from the float32 model's by well under one 8-bit colour level (2/255 in [-1, 1]).
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import torch
 
+from ..config import TrainConfig
+from ..data.data import dataset_name
+from ..model import UNet
+from ..plumbing.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ..plumbing.checkpoint import first_non_finite, load_checkpoint, load_model, torch_load, weights_problem
+from ..plumbing.errors import CheckpointError, ConfigError
+from ..plumbing.files import atomic_write, check_output_folder
+from ..schedule import schedule_for
 from .cards import checkpoint_facts, plain_card, render_card
-from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import first_non_finite, load_checkpoint, load_model, torch_load, weights_problem
-from .config import TrainConfig
-from .data import dataset_name
-from .errors import CheckpointError, ConfigError
-from .files import atomic_write, check_output_folder
-from .model import UNet
-from .schedule import schedule_for
 
 PRETRAINED_FORMAT = "diffusion_utils/pretrained/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # package data: weights/NAME.pt + NAME.md

@@ -4,7 +4,7 @@
 the wall time, KID and FID beside the real-data floor, notes, …) into the Markdown file that lies
 beside every pretrained file; :func:`checkpoint_facts` reads what a training checkpoint already
 knows. A card is meant to be shared: it names the data by dataset or by the folder's own name
-(:func:`~diffusion_utils.data.dataset_name`), never by a path of the machine that trained it.
+(:func:`~diffusion_utils.data.data.dataset_name`), never by a path of the machine that trained it.
 
 A card says how to sample its model: :func:`sampling_defaults`, which the ``sample`` command uses
 too — DPM-Solver++ with 20 network calls for a diffusion model (on flowers32 it matched the 1 000-step
@@ -23,11 +23,11 @@ import shlex
 
 import torch
 
-from .checks import default_steps
-from .config import TrainConfig
-from .data import dataset_name
-from .errors import CheckpointError
-from .model import UNet, count_parameters
+from ..config import TrainConfig
+from ..data.data import dataset_name
+from ..model import UNet, count_parameters
+from ..plumbing.checks import default_steps
+from ..plumbing.errors import CheckpointError
 
 # The card's figures, in the order the Markdown shows them (any other key is listed after them).
 CARD_KEYS = ("command", "command_source", "commit", "images_seen", "steps", "epochs", "wall_time", "hardware",
@@ -340,7 +340,7 @@ def _copying(name: str, measured) -> list[str]:
                      f"{r['median_ratio']:.2f} | {100 * r['near_copy_rate']:.1f} % |")
     lines += ["", "Near-copies are samples closer to a training photo than 99 % of the photos are (the yardstick's "
               "1st percentile): about 1 % by chance. A median ratio below 0.8, or 5 % near-copies, is copying "
-              "(`memorisation_test`, diffusion_utils/memorisation.py, says why).", ""]
+              "(`memorisation_test`, diffusion_utils/evaluation/memorisation.py, says why).", ""]
     ratios = sorted({f"{r['median_ratio']:.2f}" for r in rows})
     ratio = ratios[0] if len(ratios) == 1 else f"{ratios[0]}–{ratios[-1]}"
     rate = 100 * max(r["near_copy_rate"] for r in rows)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from ..config import TrainConfig
+from ..model import UNet
+from ..schedule import schedule_for
 from .errors import CheckpointError, ConfigError, short_reason
 from .files import atomic_write
-from .model import UNet
-from .schedule import schedule_for
 
 CHECKPOINT_NAME = "diffusion_unet_pixels.pth"  # the original project's file name
 FORMAT = "diffusion_utils/1"

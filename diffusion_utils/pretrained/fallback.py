@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint import load_model
-from .errors import CheckpointError
+from ..plumbing.checkpoint import load_model
+from ..plumbing.errors import CheckpointError
 from .pretrained import load_pretrained
 
 

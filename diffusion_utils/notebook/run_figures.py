@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import ImageDataset
-from .run import TrainingRun, TrainResult, run_training
-from .run_hooks import RunHooks, StepCallbacks, outputs_of
+from ..config import TrainConfig
+from ..data.data import ImageDataset
+from ..run import TrainingRun, TrainResult, run_training
+from ..run_hooks import RunHooks, StepCallbacks, outputs_of
 from .visualization import loss_label, plot_epoch_table, plot_loss, save_grid
-from .config import TrainConfig
 
 
 class RunFigures(RunHooks):
@@ -62,11 +62,11 @@ def train(config: TrainConfig, out_dir: str | Path = "outputs", *, dataset: Imag
             run's :class:`TrainState` (its model, EMA, schedule and losses, which on_step can then
             read) and the step count the run will end at. :class:`~diffusion_utils.LiveTrainingView`
             uses both hooks. Under torchrun, both are called on every rank.
-        cache_dir: where decoded images are cached (see :mod:`diffusion_utils.image_cache`).
+        cache_dir: where decoded images are cached (see :mod:`diffusion_utils.data.image_cache`).
         hooks: more :class:`~diffusion_utils.run_hooks.RunHooks`, called after the figures' and the callbacks'.
 
     Raises :class:`TrainingDiverged` when the loss or the weights stop being finite (the last good
-    checkpoint stays), :class:`~diffusion_utils.errors.RunFolderError` when ``out_dir`` cannot be
+    checkpoint stays), :class:`~diffusion_utils.plumbing.errors.RunFolderError` when ``out_dir`` cannot be
     written or another run is using it, and :class:`TrainingInterrupted` on Ctrl-C.
     """
     return run_training(config, out_dir, dataset=dataset, resume=resume, init_from=init_from, progress=progress,

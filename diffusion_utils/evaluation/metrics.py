@@ -35,9 +35,9 @@ How many samples does a meaningful number need?
   resolution, the same reference set and the same sample count.
 
 
-The images are embedded by a feature extractor (:mod:`~diffusion_utils.features`: InceptionV3 by
+The images are embedded by a feature extractor (:mod:`~diffusion_utils.evaluation.features`: InceptionV3 by
 default, offline with the ``eval`` extra), or given as features computed once by
-:func:`~diffusion_utils.features.extract_features`: the result is the same, bit for bit, as
+:func:`~diffusion_utils.evaluation.features.extract_features`: the result is the same, bit for bit, as
 passing the images with the same extractor, batch size and device.
 
 The distance maths is torchmetrics' (:class:`~torchmetrics.image.kid.KernelInceptionDistance` and
@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..plumbing.errors import ConfigError
 from .features import (DEFAULT_BATCH_SIZE, FeatureExtractorError, InceptionFeatures, RandomConvFeatures,  # noqa: F401
                        check_batch_size, check_images, default_feature_extractor, embed, extract_features,
                        resolve_extractor_device)
@@ -234,7 +234,7 @@ def _feed(make_metric, generated: torch.Tensor, reference: torch.Tensor, extract
           device: torch.device, batch_size: int):
     """Build the metric (``make_metric(_Precomputed(d))``) and update it with both sets' features.
 
-    Image sets are embedded with :func:`~diffusion_utils.features.embed` first, so images and their features
+    Image sets are embedded with :func:`~diffusion_utils.evaluation.features.embed` first, so images and their features
     reach the metric as the same float64 tensors and give identical results. One set's features
     at a time are held (the reference first); each set goes in as one update.
     """
