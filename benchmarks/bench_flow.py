@@ -80,11 +80,12 @@ from paused_timing import quiet, timed_with_run_paused
 from flow_report import (MISSING, read_json, score_path, snapshot_path, straightness_path, train_info_path,
                          write_json, write_report)
 
-# Recipe → (preset, overrides). num_classes=0: unconditional, as bench_recipes.py trains.
+# Recipe → (preset, overrides). num_classes=0: unconditional, as bench_recipes.py trains; float32
+# on every CPU (bf16=False), so the figures compare objectives, not the arithmetic.
 RECIPES = {
-    "diffusion": ("quick", dict(num_classes=0)),
-    "flow_uniform": ("quick-flow", dict(num_classes=0, flow_t="uniform")),
-    "flow_logit_normal": ("quick-flow", dict(num_classes=0, flow_t="logit_normal", flow_logit_mean=0.0,
+    "diffusion": ("quick", dict(num_classes=0, bf16=False)),
+    "flow_uniform": ("quick-flow", dict(num_classes=0, bf16=False, flow_t="uniform")),
+    "flow_logit_normal": ("quick-flow", dict(num_classes=0, bf16=False, flow_t="logit_normal", flow_logit_mean=0.0,
                                              flow_logit_std=1.0)),
 }
 SAMPLERS = {"diffusion": ("dpmpp",), "flow_uniform": ("euler", "heun"), "flow_logit_normal": ("euler", "heun")}

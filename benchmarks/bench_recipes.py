@@ -186,11 +186,11 @@ def run_recipe(name: str, images: torch.Tensor, real: dict, args, out: Path) -> 
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    config = TrainConfig.preset("quick", max_images=None, device="cpu", **RECIPES[name])
+    config = TrainConfig.preset("quick", max_images=None, device="cpu", bf16=False, **RECIPES[name])
     # Equal CPU time, made robust to whatever else runs on the machine: every recipe gets the images
     # the quick network trains on in --minutes, scaled by how fast its own network trains (measured
     # back to back with the quick network's, so both see the same machine).
-    base = TrainConfig.preset("quick", max_images=None, device="cpu")
+    base = TrainConfig.preset("quick", max_images=None, device="cpu", bf16=False)
     speed_ratio = throughput(config, images) / throughput(base, images) if config.batch_size != base.batch_size \
         or config.base_channels != base.base_channels else 1.0
     budget = int(args.minutes * 60 * args.reference_speed * speed_ratio)

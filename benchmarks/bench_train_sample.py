@@ -27,7 +27,7 @@ from bench_pipeline import flops_per_image
 from cpu_peak import cpu_peak
 from diffusion_utils import NoiseSchedule, TrainConfig, UNet, count_parameters, resolve_device, sample, upsample
 from diffusion_utils.training import TrainState, train_step
-from diffusion_utils.plumbing.precision import bf16_available
+from diffusion_utils.plumbing.precision import use_bf16
 
 
 def synchronize(device: torch.device) -> None:
@@ -107,7 +107,7 @@ def main() -> None:
     print(f"preset {args.preset}: {config.img_size} px, batch {config.batch_size}, "
           f"{count_parameters(UNet.from_config(config)) / 1e6:.2f} M parameters")
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"bf16 autocast: {config.bf16 and bf16_available(device)}")
+          f"bf16 autocast when training (bf16={config.bf16!r}): {use_bf16(config.bf16, device)}")
 
     flops = flops_per_image(config, device)
     peaks = {}

@@ -87,6 +87,13 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
 
 
+def _bf16(text: str) -> bool | str:
+    choices = {"auto": "auto", "on": True, "off": False}
+    if text in choices:
+        return choices[text]
+    raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+
+
 # CLI flag → TrainConfig field, for the train command's overrides (None = not given).
 TRAIN_OVERRIDES = {
     "data": ("data", str, "flowers102, synthetic, or a folder of images"),
@@ -121,6 +128,8 @@ TRAIN_OVERRIDES = {
     "sampler": ("sampler", str, "sampler for the per-epoch grids: ddpm, ddim or dpmpp; euler or heun (flow)"),
     "sample_steps": ("sample_steps", _positive_int, "network calls per sample for ddim/dpmpp/euler/heun"),
     "device": ("device", _device, "auto, cpu, cuda or mps"),
+    "bf16": ("bf16", _bf16, "bfloat16 autocast: auto (where the hardware computes it natively and a probe finds "
+                            "it faster), on or off"),
     "seed": ("seed", _non_negative_int, "random seed"),
 }
 
@@ -241,6 +250,7 @@ def _run_train(args, out: Path, config: TrainConfig, ranks: distributed.Ranks) -
                       hooks=[RunFigures()], ranks=ranks)
     run.prepare(run.load_data(load=load_dataset))
     on = f"{ranks.world_size} processes on {run.device}" if ranks.active else str(run.device)
+    on += " in bfloat16 autocast" if run.state.autocast_dtype is not None else " in float32"
     if ranks.is_main:
         print(f"Training on {on} with {_describe(run.config, run.dataset)} → {out}/", file=sys.stderr)
     result = run.train()
@@ -410,7 +420,8 @@ def train_command(config: TrainConfig) -> str | None:
                 continue  # a machine path; what the data says
             if field.name not in flag_of or value is None:
                 break
-            words += ["--" + flag_of[field.name].replace("_", "-"), str(value)]
+            shown = {True: "on", False: "off"}.get(value, value) if field.name == "bf16" else value
+            words += ["--" + flag_of[field.name].replace("_", "-"), str(shown)]
         else:
             if best is None or len(words) < len(best):
                 best = words

@@ -7,8 +7,8 @@
 backward, gradient-norm clipping, AdamW with :func:`learning_rate` (a linear warm-up, then
 constant or a cosine decay), and the EMA of the weights (:func:`make_ema`, a power-function EMA
 whose horizon grows with the run). :class:`TrainState` holds everything a step reads and writes,
-and is the one owner of what a checkpoint holds. bfloat16 autocast is used on GPUs with native
-support.
+and is the one owner of what a checkpoint holds. bfloat16 autocast is used where the hardware
+computes it natively (``config.bf16="auto"``, :func:`~diffusion_utils.plumbing.precision.use_bf16`).
 
 The loop around it — epochs, checkpoints, Ctrl-C, NaN, hooks — is :mod:`~diffusion_utils.run`.
 
@@ -33,7 +33,7 @@ from .loss import LossSettings, diffusion_loss
 from .model import UNet
 from .plumbing import distributed
 from .plumbing.errors import ConfigError, TrainingDiverged
-from .plumbing.precision import bf16_available
+from .plumbing.precision import bf16_available, use_bf16
 from .schedule import schedule_for
 from .superres import training_pair
 
@@ -103,7 +103,7 @@ class TrainState:
         self.loss_settings = LossSettings.from_config(config)  # min-SNR's γ, label drops, the condition's noise
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.autocast_dtype = torch.bfloat16 if config.bf16 and bf16_available(device) else None
+        self.autocast_dtype = torch.bfloat16 if use_bf16(config.bf16, device) else None  # config.bf16's choice here
         self.step = self.epoch = self.batch_in_epoch = 0
         self.total_steps: int | None = None  # where the run ends (set by the run); lr_decay's horizon
         self.losses: list[float] = []
@@ -118,6 +118,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "losses": torch.tensor(self.losses, dtype=torch.float32),
             "epoch_grids": self.epoch_grids,
+            "precision": {"autocast": "bfloat16" if self.autocast_dtype else "float32", "device_type": self.device.type},
             "rng": {"data_epoch_start": data_rng_at_epoch_start, "noise": self.noise_rng.get_state(),
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if cuda else None},
@@ -131,12 +132,26 @@ class TrainState:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.losses = state["losses"].tolist()
         self.epoch_grids = dict(state["epoch_grids"])
+        self.autocast_dtype = self._resumed_dtype(state.get("precision"))
         rng = state["rng"]
         self.data_rng.set_state(rng["data_epoch_start"])
         self.noise_rng.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])  # dropout draws from the global generators
         if self.device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+
+    def _resumed_dtype(self, saved: dict | None) -> torch.dtype | None:
+        """The autocast dtype a resumed run continues in, so that it stays in one dtype: with
+        ``bf16="auto"`` on the same kind of device, the one the checkpoint recorded (a probe run
+        again might decide otherwise); an explicit True or False, or other hardware, decide as
+        they do for a new run. A checkpoint written before the dtype was recorded trained in
+        bfloat16 only on a native-bf16 GPU (``bf16=True`` meant that then)."""
+        if saved is None:
+            return torch.bfloat16 if self.config.bf16 and bf16_available(self.device) else None
+        if self.config.bf16 != "auto" or saved.get("device_type") != self.device.type:
+            return self.autocast_dtype
+        return torch.bfloat16 if saved.get("autocast") == "bfloat16" else None
 
 
 def train_step(state: TrainState, x0: torch.Tensor, y: torch.Tensor | None = None) -> float:

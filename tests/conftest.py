@@ -31,6 +31,7 @@ TINY = dict(
     time_emb_dim=16, dropout=0.1, batch_size=16, num_epochs=1, lr=1e-3, lr_warmup_steps=2,
     ema_decay=0.9, seed=0, device="cpu", sample_every=1, sample_grid_n=4,
     sampler="ddim", sample_steps=5,
+    bf16=False,  # float32 on every CPU kind: tests compare with float32 arithmetic (test_precision: bf16)
 )
 
 

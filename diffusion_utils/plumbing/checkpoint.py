@@ -91,6 +91,9 @@ def checkpoint_problem(state: dict) -> str | None:
             return f"its '{name}' is a {type(value).__name__}, not a {kind.__name__}"
     if min(state["step"], state["epoch"], state["batch_in_epoch"]) < 0:
         return "a step or epoch counter is negative"
+    if "precision" not in state and state["config"].get("bf16") is True:
+        # Written before the dtype was recorded, when bf16=True meant "on a native-bf16 GPU": today's "auto".
+        state["config"] = {**state["config"], "bf16": "auto"}
     try:
         state["config"] = config = TrainConfig.from_dict(state["config"])
     except ConfigError as err:

@@ -207,6 +207,9 @@ def _read(name) -> tuple[dict, Path]:
         raise CheckpointError(f"{path} holds no weights (a dict of tensors); {_fix(path)}")
     if not isinstance(card, dict):
         raise CheckpointError(f"{path} holds a card of type {type(card).__name__}, not a dict; {_fix(path)}")
+    if isinstance(state.get("config"), dict) and state["config"].get("bf16") is True:
+        # Exported when bf16=True meant "on a native-bf16 GPU": today's "auto" (sampling reads it alike).
+        state["config"] = {**state["config"], "bf16": "auto"}
     try:
         state["config"] = TrainConfig.from_dict(state.get("config"))
     except ConfigError as err:
