@@ -29,7 +29,6 @@ import torch
 
 from diffusion_utils.plumbing.files import atomic_write
 
-CPU_NAME = "2-core AMD EPYC without native bf16"  # how the project names this machine beside its figures
 MISSING = "missing"
 
 
@@ -86,6 +85,83 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_name() -> str:
+    """How the project names this machine beside its figures, e.g. "2-core AMD EPYC with native bf16"."""
+    model = " ".join(w for w in cpu_model().split() if not w.endswith("-Core") and w != "Processor")
+    return f"{os.cpu_count()}-core {model} {'with' if native_bf16() else 'without'} native bf16"
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer, in words from the numbers
+# ---------------------------------------------------------------------------------------------
+def best_of(rows: dict) -> tuple[dict, str, int] | None:
+    """The lowest-KID score among ``rows`` (sampler → calls → score), with its sampler and calls."""
+    done = [(r, sampler, int(calls)) for sampler, by_calls in rows.items() for calls, r in by_calls.items()
+            if r != MISSING]
+    return min(done, key=lambda d: d[0]["kid"]) if done else None
+
+
+def calls_needed(rows: dict) -> int | None:
+    """The fewest calls at which some sampler scores within one std of the recipe's own best KID."""
+    best = best_of(rows)
+    if best is None:
+        return None
+    limit = best[0]["kid"] + best[0]["kid_std"]
+    reach = [int(calls) for by_calls in rows.values() for calls, r in by_calls.items()
+             if r != MISSING and r["kid"] <= limit]
+    return min(reach)
+
+
+def compared(a: dict, b: dict) -> str:
+    """"better", "worse" or "level": a's KID against b's, apart by more than twice their combined std or not."""
+    gap, noise = a["kid"] - b["kid"], 2 * (a["kid_std"] ** 2 + b["kid_std"] ** 2) ** 0.5
+    return "level with" if abs(gap) <= noise else ("better than" if gap < 0 else "worse than")
+
+
+def answer(report: dict) -> str:
+    """One or two sentences from the numbers: which objective scores better at each measured budget,
+    and how many calls each needs to come within one std of its own best."""
+    labels = {recipe: spec["label"] for recipe, spec in report["recipes"].items()}
+    sentences, unmeasured = [], []
+    for images in report["budgets"]:
+        rows = report["results"][str(images)]
+        bests = {recipe: best_of(rows[recipe]) for recipe in rows}
+        if any(b is None for b in bests.values()) or any(
+                r == MISSING for recipe in rows for by_calls in rows[recipe].values() for r in by_calls.values()):
+            unmeasured.append(f"{images:,}")
+            continue
+        flow = min((r for r in bests if r != "diffusion"), key=lambda r: bests[r][0]["kid"])
+        f, d = bests[flow], bests["diffusion"]
+        names = {recipe: spec["sampler_names"] for recipe, spec in report["recipes"].items()}
+        needed = "; ".join(f"{labels[recipe]}: {calls_needed(rows[recipe])}" for recipe in rows)
+        sentences.append(
+            f"After {images:,} training images, {labels[flow]} (best: {names[flow][f[1]]}, {f[2]} calls) scores KID "
+            f"{f[0]['kid']:.3f} ± {f[0]['kid_std']:.3f}, {compared(f[0], d[0])} diffusion's {d[0]['kid']:.3f} ± "
+            f"{d[0]['kid_std']:.3f} ({names['diffusion'][d[1]]}, {d[2]} calls). Calls needed to come within one "
+            f"std of each recipe's own best: {needed}.")
+    if unmeasured:
+        sentences.append(f"Not measured yet: the {' and '.join(unmeasured)}-image budget"
+                         f"{'s' if len(unmeasured) > 1 else ''}.")
+    return " ".join(sentences)
+
+
+def table(report: dict) -> str:
+    """KID ± std by budget, recipe and sampler (rows) and calls (columns), as text."""
+    calls = report["calls"]
+    lines = ["images seen  recipe, sampler".ljust(52) + "".join(f"{c:>7} calls   " for c in calls)]
+    for images in report["budgets"]:
+        for recipe, spec in report["recipes"].items():
+            for sampler in spec["samplers"]:
+                rows = report["results"][str(images)][recipe][sampler]
+                cells = "".join(f"{'—':>15}   " if rows[str(c)] == MISSING else
+                                f"{rows[str(c)]['kid']:>7.3f} ± {rows[str(c)]['kid_std']:.3f}   " for c in calls)
+                lines.append(f"{images:>11,}  {spec['label']}, {spec['sampler_names'][sampler]}".ljust(52) + cells)
+    floor = report["floor"]
+    if floor != MISSING:
+        lines.append(f"real photos against real photos (the floor): KID {floor['kid']:.5f} ± {floor['kid_std']:.5f}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +184,7 @@ def collect(out: Path) -> dict:
         training[recipe] = {str(images): read_json(train_info_path(out, recipe, images)) for images in plan["budgets"]}
     return {
         "title": "Flow matching against the quick DDPM recipe: the same UNet, data and images seen",
-        "machine": {"cpu": cpu_model(), "described_as": CPU_NAME, "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "described_as": cpu_name(), "cores": os.cpu_count(),
                     "native_bf16": native_bf16(), "threads": plan["threads"]},
         "torch": torch.__version__,
         "date_started": plan["date"], "date_reported": date.today().isoformat(),
@@ -164,7 +240,8 @@ def plot(report: dict, path: Path) -> None:
                 labels.append(lab)
     if handles:
         axes[-1].legend(handles, labels, fontsize=7)
-    fig.suptitle(f"32 px Flowers102, quick UNet: diffusion (v + min-SNR) against flow matching; {CPU_NAME}",
+    fig.suptitle(f"32 px Flowers102, quick UNet: diffusion (v + min-SNR) against flow matching; "
+                 f"{report['machine']['described_as']}, float32",
                  fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +251,7 @@ def plot(report: dict, path: Path) -> None:
 def write_report(out: Path, to: Path) -> dict:
     """Collect ``out`` and write ``to/flow_vs_ddpm.json`` and ``to/flow_vs_ddpm.png``; returns the report."""
     report = collect(out)
+    report["answer"], report["table"] = answer(report), table(report)
     write_json(to / "flow_vs_ddpm.json", report)
     plot(report, to / "flow_vs_ddpm.png")
     return report
