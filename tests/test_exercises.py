@@ -501,6 +501,21 @@ def test_there_are_at_least_ten_exercises_each_with_eight_known_mistakes_all_tes
     assert set(EXERCISES) == set(WHERE)
 
 
+def test_wrong_answers_written_apart_from_the_registry_are_caught_and_mostly_named():
+    """tests/fixtures/learner_mistakes.py: about ten wrong answers per exercise, written as learners write
+    them and not from the registry. Each fails (a ✗, never a ✓ or a traceback); most get a hint."""
+    from fixtures.learner_mistakes import CORPUS, named_rates, verdicts
+
+    assert set(CORPUS) == set(EXERCISES) and all(len(answers) >= 8 for answers in CORPUS.values())
+    for name, what, result in verdicts():
+        assert not result.passed and result.message.startswith("✗"), f"{name}, {what}: {result.message}"
+    rates = named_rates()
+    for key, (named, written) in rates.items():
+        print(f"{key}: {named} of {written} named ({named / written:.0%})")
+    assert rates.pop("all")[0] >= 0.8 * len(verdicts())
+    assert all(named >= 0.7 * written for named, written in rates.values()), rates
+
+
 @pytest.mark.parametrize("name", sorted(EXERCISES))
 def test_the_worked_lines_pass(name):
     result = check(name, learner_code(name))
