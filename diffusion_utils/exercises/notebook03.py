@@ -140,7 +140,8 @@ class TrainingStep(Exercise):
             Mistake("no_zero_grad", "call optimizer.zero_grad() before loss.backward(): without it each step's "
                                     "gradient is added to the last one's", step(zero_grad=None)),
             Mistake("zero_grad_late", "optimizer.zero_grad() goes before loss.backward(): after it, it wipes the "
-                                      "gradient just computed and the step changes nothing", step(zero_grad="after")),
+                                      "gradient just computed, and optimizer.step() gets zeros",
+                    step(zero_grad="after")),
             Mistake("t_inclusive", "torch.randint's upper end is excluded: torch.randint(0, schedule.n_steps, …) "
                                    "draws the T code indices 0 … T − 1; n_steps + 1 also draws T, past the end",
                     step(draw_t=lambda g, n: torch.randint(0, schedule.n_steps + 1, (n,), generator=g))),
@@ -224,8 +225,9 @@ class EmaUpdate(Exercise):
             Mistake("power_outside", "raise (1 − 1/(n+1)) to the power γ + 1 first, then cap it: "
                                      "min(d_max, (1 − 1/(n+1))^(γ+1)); yours raises the cap too",
                     ema(lambda n: min(d_max, 1 - 1 / (n + 1)) ** (gamma + 1))),
-            Mistake("not_in_place", "the average did not change: p_ema = … only rebinds the name; update the "
-                                    "tensor itself, p_ema.mul_(d).add_(p, alpha=1 - d)", lambda ema_model, model, n: None),
+            Mistake("not_in_place", "the average did not change: update p_ema itself, in place, "
+                                    "p_ema.mul_(d).add_(p, alpha=1 - d) (p_ema = … only rebinds the name)",
+                    lambda ema_model, model, n: None),
             Mistake("whole_weights", "take 1 − d of the new weights, not all of them: "
                                      "p_ema.mul_(d).add_(p, alpha=1 - d)", ema(right, whole=True)),
         ]

@@ -159,6 +159,6 @@ class DpmppStep(Exercise):
                               "so h > 0 (h = lam(s) - lam(t))", step(h_sign=-1)),
             Mistake("signal_at_t", "the second term is scaled by αₛ = √ᾱₛ at the step's end, not by √ᾱₜ",
                     step(signal_at_t=True)),
-            Mistake("second_term_added", "the update subtracts: σₛ/σₜ·xₜ − αₛ(e^(−h) − 1)·D (e^(−h) − 1 < 0, so "
-                                         "the x̂₀ term grows)", step(sign=1)),
+            Mistake("second_term_added", "the update subtracts the second term, σₛ/σₜ·xₜ − αₛ(e^(−h) − 1)·D: "
+                                         "e^(−h) − 1 < 0, so that adds a share of D", step(sign=1)),
         ]
