@@ -2,8 +2,10 @@
 
 Every known mistake of every exercise (``diffusion_utils.exercises``, each one written into the worked
 lines and recognised in ``tests/test_exercises.py``) and every valid alternative, one table per
-notebook, between the two marker lines of docs/exercises.md. A test regenerates the tables and fails
-when the committed ones differ, so the list cannot drift from the checks.
+notebook, then how many of the wrong answers in ``tests/fixtures/learner_mistakes.py`` (written apart
+from the registry) the checks name, measured by running them, between the two marker lines of
+docs/exercises.md. A test regenerates the tables and fails when the committed ones differ, so neither
+the list nor the rate can drift from the checks.
 
     python tools/exercise_table.py           # rewrite the tables in docs/exercises.md
     python tools/exercise_table.py --check   # exit 1 if they are stale
@@ -21,6 +23,8 @@ from diffusion_utils import NoiseSchedule, TrainConfig, UNet
 from diffusion_utils.exercises import EXERCISES
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the wrong answers run in the tests' learner cells
+from fixtures.learner_mistakes import named_rates, verdicts  # noqa: E402
 DOC = ROOT / "docs" / "exercises.md"
 BEGIN = "<!-- the tables below are written by python tools/exercise_table.py -->"
 END = "<!-- end of the written tables -->"
@@ -64,7 +68,27 @@ def tables() -> str:
     header = [f"{total} known mistakes in {len(EXERCISES)} exercises, each written into the worked lines the way a "
               "learner writes it and recognised by its own hint in `tests/test_exercises.py`; valid alternatives "
               "get a ✓ that says how they differ.", ""]
-    return "\n".join(header + out).rstrip("\n") + "\n"
+    return "\n".join(header + out + rates()).rstrip("\n") + "\n"
+
+
+def percent(named: int, written: int) -> str:
+    return f"{named} of {written} ({100 * named / written:.0f} %)"
+
+
+def rates() -> list[str]:
+    """The named rate of the wrong answers written apart from the registry, per notebook and overall,
+    and the answers no hint names."""
+    measured = named_rates()
+    missed = [f"`{name}`: {what}" for name, what, result in verdicts() if result.mistake is None]
+    return ["### How often a wrong answer is named", "",
+            "`tests/fixtures/learner_mistakes.py` holds wrong answers written the way learners write them, about "
+            "ten per exercise, as edits of the worked lines and apart from the list above (some are mistakes the "
+            "list has, some are not). Every one of them gets a ✗; this is how many also get a hint:", "",
+            "| notebook | named |", "|---|---|",
+            *(f"| {key} | {percent(*measured[key])} |" for key in measured if key != "all"),
+            f"| **all** | **{percent(*measured['all'])}** |", "",
+            f"The ones no hint names get the ✗ alone, with the size and place of the difference or the error "
+            f"they raised: {'; '.join(missed)}.", ""]
 
 
 def render(text: str) -> str:

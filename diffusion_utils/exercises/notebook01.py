@@ -36,6 +36,16 @@ class AlphaBar(Exercise):
                                                                                right[:-1]])),
             Mistake("sqrt", "that is √ᾱₜ, the signal's scale; ᾱₜ itself is the product, with no square root",
                     right.sqrt()),
+            Mistake("squared", "ᾱₜ is the product ∏(1 − βₛ) itself, not its square", right ** 2),
+            Mistake("sum_of_alphas", "a sum of the αs grows past 1; ᾱₜ multiplies them: torch.cumprod, not "
+                                     "torch.cumsum", torch.cumsum(1 - betas, dim=0)),
+            Mistake("one_minus_product", "1 − ∏βₛ is not ∏(1 − βₛ): take 1 − β first, then the cumulative product",
+                    1 - torch.cumprod(betas, dim=0)),
+            Mistake("one_number", "torch.prod gives one number, ᾱ_T; ᾱ needs one value per step: torch.cumprod(…, "
+                                  "dim=0) keeps every partial product", torch.prod(1 - betas)),
+            Mistake("exponential", "e^(−Σβₛ) is the continuous-time approximation of ∏(1 − βₛ); the schedule's ᾱₜ "
+                                   "is the product itself: torch.cumprod(1 - betas, dim=0)",
+                    torch.exp(-torch.cumsum(betas, dim=0))),
         ]
 
 
@@ -52,18 +62,31 @@ def _jump_trial(version, ctx, steps, n_images: int, seed: int, letter: str, firs
                   lambda i: f"{letter} = {int(t[i[0]]) + first}" if i else "")]
 
 
-def _jump_mistakes(schedule, sub: str, names: str) -> list[Mistake]:
-    """The mistakes of any jump √ᾱ x + √(1−ᾱ) ε; ``sub`` is the step's subscript (ₜ, ₛ) and ``names``
-    what the learner indexes ᾱ with."""
+def _jump_mistakes(schedule, sub: str, names: str, x: str) -> list[Mistake]:
+    """The mistakes of any jump √ᾱ x + √(1−ᾱ) ε; ``sub`` is the step's subscript (ₜ, ₛ), ``names``
+    what the learner indexes ᾱ with and ``x`` the image's symbol (x₀, z)."""
     ab, alphas = schedule.alpha_bars, schedule.alphas
+    a = lambda t: _view(ab, t)  # noqa: E731
     return [
         Mistake("alpha", f"α{sub} = 1 − β{sub} is one step's share; the jump uses ᾱ{sub}, the product of all of them "
                          f"up to that step ({names})",
                 lambda x, t, e: _view(alphas, t).sqrt() * x + (1 - _view(alphas, t)).sqrt() * e),
         Mistake("noise_variance", f"the noise's coefficient is a standard deviation, √(1 − ᾱ{sub}); (1 − ᾱ{sub}) is "
-                                  f"its variance", lambda x, t, e: _view(ab, t).sqrt() * x + (1 - _view(ab, t)) * e),
+                                  f"its variance", lambda x, t, e: a(t).sqrt() * x + (1 - a(t)) * e),
         Mistake("swapped", f"the coefficients are swapped: √ᾱ{sub} multiplies the image and √(1 − ᾱ{sub}) the noise",
-                lambda x, t, e: (1 - _view(ab, t)).sqrt() * x + _view(ab, t).sqrt() * e),
+                lambda x, t, e: (1 - a(t)).sqrt() * x + a(t).sqrt() * e),
+        Mistake("no_square_roots", f"ᾱ{sub} and 1 − ᾱ{sub} are the variances of the two parts: {x}'s and ε's "
+                                   f"coefficients are their square roots, √ᾱ{sub} and √(1 − ᾱ{sub})",
+                lambda x, t, e: a(t) * x + (1 - a(t)) * e),
+        Mistake("one_minus_sqrt", f"√(1 − ᾱ{sub}) is the square root of 1 − ᾱ{sub}, not 1 − √ᾱ{sub}: "
+                                  f"(1 - a).sqrt()", lambda x, t, e: a(t).sqrt() * x + (1 - a(t).sqrt()) * e),
+        Mistake("noise_subtracted", f"the noise is added: √ᾱ{sub} {x} + √(1 − ᾱ{sub}) ε, with the ε you are given",
+                lambda x, t, e: a(t).sqrt() * x - (1 - a(t)).sqrt() * e),
+        Mistake("no_shrink", f"the jump also shrinks the image: √ᾱ{sub} {x} + √(1 − ᾱ{sub}) ε, so that the "
+                             f"variance stays 1", lambda x, t, e: x + (1 - a(t)).sqrt() * e),
+        Mistake("not_broadcast", f"{names} holds one value per image, shape (B,): reshape it to (B, 1, 1, 1) with "
+                                 f".view(-1, 1, 1, 1) so it scales every pixel of its image",
+                lambda x, t, e: ab[t].sqrt() * x + (1 - ab[t]).sqrt() * e),
     ]
 
 
@@ -83,16 +106,13 @@ class QSample(Exercise):
 
     def mistakes(self, ctx):
         ab = ctx["schedule"].alpha_bars
-        return _jump_mistakes(ctx["schedule"], "ₜ", "alpha_bar[t]") + [
-            Mistake("no_square_roots", "eq. 4 gives the mean's scale and the variance: x_t needs their square "
-                                       "roots, √ᾱₜ x₀ + √(1 − ᾱₜ) ε",
-                    lambda x0, t, eps: _view(ab, t) * x0 + (1 - _view(ab, t)) * eps),
+        return _jump_mistakes(ctx["schedule"], "ₜ", "alpha_bar[t]", "x₀") + [
             Mistake("signal_no_sqrt", "the image's coefficient is √ᾱₜ (ᾱₜ is the share of its variance)",
                     lambda x0, t, eps: _view(ab, t) * x0 + (1 - _view(ab, t)).sqrt() * eps),
             Mistake("paper_index", "t is already the code index (the paper's step t + 1): index alpha_bar "
                                    "with t itself, not t − 1",
                     lambda x0, t, eps: _view(ab, t - 1).sqrt() * x0 + (1 - _view(ab, t - 1)).sqrt() * eps),
-            Mistake("not_broadcast", "alpha_bar[t] holds one value per image, shape (B,): reshape it to "
-                                     "(B, 1, 1, 1) with .view(-1, 1, 1, 1) so it scales every pixel of its image",
-                    lambda x0, t, eps: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * eps),
+            Mistake("next_index", "alpha_bar[t + 1] runs past the end at the last step: t is already the code "
+                                  "index, so index alpha_bar with t itself",
+                    lambda x0, t, eps: _view(ab, t + 1).sqrt() * x0 + (1 - _view(ab, t + 1)).sqrt() * eps),
         ]

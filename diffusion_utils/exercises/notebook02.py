@@ -54,6 +54,15 @@ class Embed(Exercise):
                     make(right, lambda s, c: torch.stack([s, c], dim=2).flatten(1))),
             Mistake("divided", "the angle is t·ωᵢ, t times the frequency, not t/ωᵢ",
                     lambda t, d: concat(*(f(t.float()[:, None] / right(d)[None, :]) for f in (torch.sin, torch.cos)))),
+            Mistake("sin_twice", "the second half is the cosines: [sin(t·ωᵢ) … | cos(t·ωᵢ) …]",
+                    make(right, lambda s, c: torch.cat([s, s], dim=1))),
+            Mistake("over_half_minus_one", "the exponent divides i by d/2; d/2 − 1 (another codebase's choice) makes "
+                                           "every frequency but the first a little lower",
+                    make(lambda d: 10000 ** (-torch.arange(d // 2) / (d // 2 - 1)), concat)),
+            Mistake("from_one", "i runs from 0 to d/2 − 1, so the first frequency is ω₀ = 1: torch.arange(d // 2)",
+                    make(lambda d: 10000 ** (-torch.arange(1, d // 2 + 1) / (d // 2)), concat)),
+            Mistake("batch_axis", "join the sines and cosines along each row, dim=1, into (B, d); dim=0 stacks them "
+                                  "as 2B rows of d/2", make(right, lambda s, c: torch.cat([s, c], dim=0))),
         ]
 
 
@@ -112,4 +121,16 @@ class AddTimeEmbedding(Exercise):
             Mistake("wrong_axes", "the projection is (B, C): index it [:, :, None, None] so that each channel's "
                                   "number is added to every pixel of that channel",
                     lambda block, h, e: h + block.time_proj(F.silu(e))[:, None, None, :]),
+            Mistake("one_axis", "[:, :, None] makes (B, C, 1), which lines up with h's last three axes; add two: "
+                                "[:, :, None, None] is (B, C, 1, 1)",
+                    lambda block, h, e: h + block.time_proj(F.silu(e))[:, :, None]),
+            Mistake("relu", "the package's activation is SiLU, F.silu(t_emb), not ReLU",
+                    lambda block, h, e: h + block.time_proj(F.relu(e))[:, :, None, None]),
+            Mistake("sigmoid", "SiLU is x·sigmoid(x), F.silu(t_emb), not the sigmoid alone",
+                    lambda block, h, e: h + block.time_proj(torch.sigmoid(e))[:, :, None, None]),
+            Mistake("h_forgotten", "add the projected embedding to h: return h + …, not the embedding alone",
+                    lambda block, h, e: block.time_proj(F.silu(e))[:, :, None, None]),
+            Mistake("silu_of_sum", "SiLU goes on the embedding before the projection, not on the sum: "
+                                   "h + block.time_proj(F.silu(t_emb))[:, :, None, None]",
+                    lambda block, h, e: F.silu(h + block.time_proj(e)[:, :, None, None])),
         ]

@@ -98,7 +98,8 @@ class TrainingStep(Exercise):
     def mistakes(self, ctx):
         schedule, clip = NoiseSchedule.from_config(self.config(ctx)), ctx["config"].grad_clip
 
-        def step(draw_t=None, eps_first=False, target="eps", clean_input=False, clip_grad=True, zero_grad=True):
+        def step(draw_t=None, eps_first=False, target="eps", clean_input=False, clip_grad=True, zero_grad="before",
+                 reduction="mean"):
             def version(model, optimizer, x0, generator):
                 def t_draw():
                     return draw_t(generator, len(x0)) if draw_t else torch.randint(
@@ -110,10 +111,13 @@ class TrainingStep(Exercise):
                     t = t_draw()
                     eps = torch.randn(x0.shape, generator=generator)
                 x_t = schedule.q_sample(x0, t, eps)
-                loss = F.mse_loss(model(x0 if clean_input else x_t, t), eps if target == "eps" else x0)
-                if zero_grad:
+                loss = F.mse_loss(model(x0 if clean_input else x_t, t), eps if target == "eps" else x0,
+                                  reduction=reduction)
+                if zero_grad == "before":
                     optimizer.zero_grad()
                 loss.backward()
+                if zero_grad == "after":
+                    optimizer.zero_grad()
                 if clip_grad:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
@@ -134,7 +138,17 @@ class TrainingStep(Exercise):
             Mistake("no_clipping", "clip the gradient norm at config.grad_clip before optimizer.step(), as Ho et "
                                    "al. do: torch.nn.utils.clip_grad_norm_", step(clip_grad=False)),
             Mistake("no_zero_grad", "call optimizer.zero_grad() before loss.backward(): without it each step's "
-                                    "gradient is added to the last one's", step(zero_grad=False)),
+                                    "gradient is added to the last one's", step(zero_grad=None)),
+            Mistake("zero_grad_late", "optimizer.zero_grad() goes before loss.backward(): after it, it wipes the "
+                                      "gradient just computed, and optimizer.step() gets zeros",
+                    step(zero_grad="after")),
+            Mistake("t_inclusive", "torch.randint's upper end is excluded: torch.randint(0, schedule.n_steps, …) "
+                                   "draws the T code indices 0 … T − 1; n_steps + 1 also draws T, past the end",
+                    step(draw_t=lambda g, n: torch.randint(0, schedule.n_steps + 1, (n,), generator=g))),
+            Mistake("one_t", "draw one t per image, torch.randint(…, (len(x0),), …), not one for the whole batch",
+                    step(draw_t=lambda g, n: torch.randint(0, schedule.n_steps, (1,), generator=g))),
+            Mistake("summed", "average the squared error over every pixel of the batch (F.mse_loss's default "
+                              "mean), not its sum", step(reduction="sum")),
         ]
 
 
@@ -182,12 +196,13 @@ class EmaUpdate(Exercise):
     def mistakes(self, ctx):
         d_max, gamma = ctx["config"].ema_decay, ctx["config"].ema_gamma
 
-        def ema(decay, swap=False):
+        def ema(decay, swap=False, whole=False):
             @torch.no_grad()
             def version(ema_model, model, n):
                 d = decay(n)
                 for p_ema, p in zip(ema_model.parameters(), model.parameters()):
-                    p_ema.mul_(1 - d).add_(p, alpha=d) if swap else p_ema.mul_(d).add_(p, alpha=1 - d)
+                    keep, take = (1 - d, d) if swap else (d, 1 if whole else 1 - d)
+                    p_ema.mul_(keep).add_(p, alpha=take)
             return version
 
         right = lambda n: min(d_max, (1 - 1 / (n + 1)) ** (gamma + 1))  # noqa: E731
@@ -205,4 +220,14 @@ class EmaUpdate(Exercise):
             Mistake("fixed_decay", "the decay grows with n, (1 − 1/(n+1))^(γ+1) capped at d_max; a fixed d_max "
                                    "would remember the random initial weights for hundreds of steps",
                     ema(lambda n: d_max)),
+            Mistake("n_plus_2", "the formula uses n + 1, not n + 2: the first update (n = 0) has d = 0 and copies "
+                                "the weights", ema(lambda n: min(d_max, (1 - 1 / (n + 2)) ** (gamma + 1)))),
+            Mistake("power_outside", "raise (1 − 1/(n+1)) to the power γ + 1 first, then cap it: "
+                                     "min(d_max, (1 − 1/(n+1))^(γ+1)); yours raises the cap too",
+                    ema(lambda n: min(d_max, 1 - 1 / (n + 1)) ** (gamma + 1))),
+            Mistake("not_in_place", "the average did not change: update p_ema itself, in place, "
+                                    "p_ema.mul_(d).add_(p, alpha=1 - d) (p_ema = … only rebinds the name)",
+                    lambda ema_model, model, n: None),
+            Mistake("whole_weights", "take 1 − d of the new weights, not all of them: "
+                                     "p_ema.mul_(d).add_(p, alpha=1 - d)", ema(right, whole=True)),
         ]

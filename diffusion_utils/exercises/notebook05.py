@@ -50,13 +50,15 @@ class DdimStep(Exercise):
         schedule = ctx["schedule"]
         ab = lambda t: _alpha_bar_at(schedule, t)  # noqa: E731
 
-        def step(direction="implied", wrap=False, target=None, noise_sqrt=True, signal_sqrt=True):
+        def step(direction="implied", wrap=False, target=None, noise_sqrt=True, signal_sqrt=True, implied_at=None,
+                 implied_sqrt=True, one_minus_sqrt=False, sign=1):
             def version(x, t, s, x0, eps):
-                a_t = ab(t)
-                a_s = ab(t if target == "t" else s) if not wrap else schedule.alpha_bars[s]
-                implied = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+                a_t = ab(t if implied_at is None else implied_at(t, s))
+                a_s = schedule.alpha_bars[s] if wrap else ab(s if target is None else target(t, s))
+                implied = (x - a_t.sqrt() * x0) / ((1 - a_t).sqrt() if implied_sqrt else 1 - a_t)
                 e = implied if direction == "implied" else eps
-                return (a_s.sqrt() if signal_sqrt else a_s) * x0 + ((1 - a_s).sqrt() if noise_sqrt else 1 - a_s) * e
+                noise = 1 - a_s.sqrt() if one_minus_sqrt else (1 - a_s).sqrt() if noise_sqrt else 1 - a_s
+                return (a_s.sqrt() if signal_sqrt else a_s) * x0 + sign * noise * e
             return version
 
         return [
@@ -67,11 +69,22 @@ class DdimStep(Exercise):
                                          "(alpha_bar(s) gives it); schedule.alpha_bars[-1] is ᾱ_T, pure noise",
                     step(wrap=True)),
             Mistake("rebuilt_xt", "that rebuilds xₜ itself: eq. 12 re-noises x̂₀ to the target step s, with ᾱₛ, "
-                                  "not ᾱₜ", step(target="t")),
+                                  "not ᾱₜ", step(target=lambda t, s: t)),
+            Mistake("implied_at_s", "the implied ε̂ undoes the jump to t, so it uses ᾱₜ: (xₜ − √ᾱₜ x̂₀)/√(1 − ᾱₜ); "
+                                    "ᾱₛ belongs only in the second line", step(implied_at=lambda t, s: s)),
+            Mistake("steps_swapped", "ᾱₜ and ᾱₛ are swapped: the implied ε̂ uses ᾱₜ, where xₜ is, and the new point "
+                                     "ᾱₛ, where the step goes", step(implied_at=lambda t, s: s, target=lambda t, s: t)),
+            Mistake("one_step_back", "DDIM jumps straight to s, which may be many steps away: use ᾱₛ = "
+                                     "alpha_bar(s), not alpha_bar(t − 1)", step(target=lambda t, s: t - 1)),
+            Mistake("implied_no_sqrt", "divide by the standard deviation √(1 − ᾱₜ), not by 1 − ᾱₜ: "
+                                       "ε̂ = (xₜ − √ᾱₜ x̂₀)/√(1 − ᾱₜ)", step(implied_sqrt=False)),
             Mistake("variance_for_std", "the direction's coefficient is a standard deviation, √(1 − ᾱₛ), not "
                                         "the variance 1 − ᾱₛ", step(noise_sqrt=False)),
+            Mistake("one_minus_sqrt", "√(1 − ᾱₛ) is the square root of 1 − ᾱₛ, not 1 − √ᾱₛ: "
+                                      "(1 - alpha_bar(s)).sqrt()", step(one_minus_sqrt=True)),
             Mistake("signal_no_sqrt", "x̂₀ is scaled by √ᾱₛ, the signal's standard deviation at s, not by ᾱₛ",
                     step(signal_sqrt=False)),
+            Mistake("direction_subtracted", "the direction term is added: √ᾱₛ x̂₀ + √(1 − ᾱₛ) ε̂", step(sign=-1)),
         ]
 
 
@@ -105,14 +118,15 @@ class DpmppStep(Exercise):
         schedule = ctx["schedule"]
         ab = lambda t: _alpha_bar_at(schedule, t)  # noqa: E731
 
-        def step(lam_scale=0.5, r_inverted=False, exp_sign=-1, ratio_sqrt=True, order=2, last=True, prev_first=False):
+        def step(lam_scale=0.5, r_inverted=False, exp_sign=-1, ratio_sqrt=True, order=2, last=True, prev_first=False,
+                 h_sign=1, signal_at_t=False, sign=-1):
             def lam(t):
                 return lam_scale * torch.log(ab(t) / (1 - ab(t)))
 
             def version(x, t, s, x0, x0_prev, t_prev):
                 if s < 0 and last:
                     return x0
-                h = lam(s) - lam(t)
+                h = h_sign * (lam(s) - lam(t))
                 if x0_prev is None or order == 1:
                     d = x0
                 else:
@@ -121,7 +135,8 @@ class DpmppStep(Exercise):
                     new, old = (x0_prev, x0) if prev_first else (x0, x0_prev)
                     d = (1 + 1 / (2 * r)) * new - 1 / (2 * r) * old
                 ratio = (1 - ab(s)) / (1 - ab(t))
-                return (ratio.sqrt() if ratio_sqrt else ratio) * x - ab(s).sqrt() * torch.expm1(exp_sign * h) * d
+                signal = ab(t if signal_at_t else s).sqrt()
+                return (ratio.sqrt() if ratio_sqrt else ratio) * x + sign * signal * torch.expm1(exp_sign * h) * d
             return version
 
         return [
@@ -140,4 +155,10 @@ class DpmppStep(Exercise):
                     step(prev_first=True)),
             Mistake("no_last_step", "the last step (s = −1: ᾱ = 1, λ = ∞) returns the clean-image guess x̂₀ "
                                     "itself; the formula there divides by zero", step(last=False)),
+            Mistake("h_sign", "hᵢ = λ_{tᵢ} − λ_{tᵢ₋₁}, the new λ minus the old: λ rises towards the clean image, "
+                              "so h > 0 (h = lam(s) - lam(t))", step(h_sign=-1)),
+            Mistake("signal_at_t", "the second term is scaled by αₛ = √ᾱₛ at the step's end, not by √ᾱₜ",
+                    step(signal_at_t=True)),
+            Mistake("second_term_added", "the update subtracts the second term, σₛ/σₜ·xₜ − αₛ(e^(−h) − 1)·D: "
+                                         "e^(−h) − 1 < 0, so that adds a share of D", step(sign=1)),
         ]

@@ -64,6 +64,15 @@ class GuidedEps(Exercise):
                     lambda c, n, w: n + w * (n - c)),
             Mistake("no_base", "add the step to ε_∅: without it, w = 0 gives zero instead of the unconditional "
                                "prediction", lambda c, n, w: w * (c - n)),
+            Mistake("no_brackets", "the brackets matter: ε_∅ + w·ε_c − ε_∅ is just w·ε_c; write "
+                                   "ε_∅ + w·(ε_c − ε_∅)", lambda c, n, w: n + w * c - n),
+            Mistake("no_difference", "go w times along the difference ε_c − ε_∅, not along ε_c itself: "
+                                     "ε_∅ + w·(ε_c − ε_∅)", lambda c, n, w: n + w * c),
+            Mistake("w_minus_one", "w − 1 turns Ho & Salimans' w into this notebook's; the w you are given is "
+                                   "already this notebook's: ε_∅ + w·(ε_c − ε_∅)",
+                    lambda c, n, w: n + (w - 1) * (c - n)),
+            Mistake("average", "guidance extrapolates past ε_c, it does not average: ε_∅ + w·(ε_c − ε_∅) (w = 1 "
+                               "gives ε_c, w > 1 goes further)", lambda c, n, w: (c + w * n) / (1 + w)),
         ]
 
 
@@ -119,4 +128,15 @@ class SdeditStart(Exercise):
                                                                       (1 - _view(s.alphas, t)).sqrt()))),
             Mistake("no_shrink", "the jump also shrinks the image: √ᾱₜ₀ x₀ + √(1 − ᾱₜ₀) ε",
                     start(coef=lambda t: (torch.ones_like(ab(t)), (1 - ab(t)).sqrt()))),
+            Mistake("swapped", "the coefficients are swapped: √ᾱₜ₀ multiplies the image and √(1 − ᾱₜ₀) the noise",
+                    start(coef=lambda t: ((1 - ab(t)).sqrt(), ab(t).sqrt()))),
+            Mistake("one_minus_sqrt", "√(1 − ᾱₜ₀) is the square root of 1 − ᾱₜ₀, not 1 − √ᾱₜ₀",
+                    start(coef=lambda t: (ab(t).sqrt(), 1 - ab(t).sqrt()))),
+            Mistake("no_jump", "SDEdit starts from the image noised to t₀: jump there with "
+                               "schedule.q_sample(x0, t₀, eps), not from x₀ itself", lambda x0, strength, eps: x0),
+            Mistake("pure_noise", "starting from pure noise forgets the image: SDEdit jumps x₀ to t₀, "
+                                  "√ᾱₜ₀ x₀ + √(1 − ᾱₜ₀) ε", lambda x0, strength, eps: eps),
+            Mistake("over_t_minus_one", "t₀ = strength·T, then − 1 for the code index; strength·(T − 1) rounds to "
+                                        "another step for most strengths",
+                    start(index=lambda strength: round(strength * (T - 1)))),
         ]

@@ -70,6 +70,11 @@ class FlowPathExercise(Exercise):
             Mistake("half_reshaped", "t.view(-1, 1) lines the batch up with the image's height: reshape t to "
                                      "(B, 1, 1, 1), one value for every pixel of its image",
                     lambda x0, e, t: (1 - t.view(-1, 1)) * x0 + t.view(-1, 1) * e),
+            Mistake("noise_unscaled", "the noise grows with t: its weight is t, so that x₀ is the clean image",
+                    lambda x0, e, t: (1 - v(t)) * x0 + e),
+            Mistake("difference_reversed", "x₀ + t·(ε − x₀) walks from the image towards the noise; "
+                                           "t·(x₀ − ε) walks away from it",
+                    lambda x0, e, t: x0 + v(t) * (x0 - e)),
         ]
 
 
@@ -99,6 +104,9 @@ class FlowVelocity(Exercise):
                     lambda x0, e: e + x0),
             Mistake("halved", "the path goes the whole way from x₀ to ε in one unit of t: u = ε − x₀, no ½",
                     lambda x0, e: (e - x0) / 2),
+            Mistake("both_negated", "d/dt[t·ε] = +ε: u = ε − x₀, only x₀ enters with a minus", lambda x0, e: -e - x0),
+            Mistake("per_step", "t runs over [0, 1], not over 1 000 integer steps: u = ε − x₀, not divided by 1000",
+                    lambda x0, e: (e - x0) / 1000),
         ]
 
 
@@ -181,6 +189,12 @@ class FlowTrainingStep(Exercise):
                     step(loss=lambda a, b: ((a - b) ** 2).sum(dim=(1, 2, 3)).mean())),
             Mistake("absolute", "the loss is the squared error (F.mse_loss), not the absolute error",
                     step(loss=F.l1_loss)),
+            Mistake("item", "return the loss tensor itself: .item() makes it a float, which has no gradient "
+                            "for the caller's backward()", step(loss=lambda a, b: F.mse_loss(a, b).item())),
+            Mistake("integer_t", "a flow's t is a float in [0, 1], torch.rand(len(x0), …), not DDPM's integer step",
+                    step(t_of=lambda g, n: torch.randint(0, 1000, (n,), generator=g))),
+            Mistake("path_swapped", "flow_path takes (x0, eps, t): with eps first, t = 0 is the noise and the "
+                                    "path runs backwards", step(x_in=lambda x0, e, t: _lerp(e, x0, t))),
         ]
 
     def alternatives(self, ctx):
@@ -237,4 +251,13 @@ class EulerStep(Exercise):
                                 "bends it), so 1/20 is not every step's length", lambda x, t, s, u: x - u / 20),
             Mistake("next_time", "the step's length is t_next − t, not t_next: x + (t_next − t)·u",
                     lambda x, t, s, u: x - s * u),
+            Mistake("next_time_added", "x + t_next·u walks towards the noise: the step's length is t_next − t, "
+                                       "negative as t falls, so x + (t_next − t)·u",
+                    lambda x, t, s, u: x + s * u),
+            Mistake("no_x", "start from x: the step is x plus the change, x + (t_next − t)·u",
+                    lambda x, t, s, u: (s - t) * u),
+            Mistake("whole_u", "scale the velocity by the step's length Δt = t_next − t (negative: t falls); "
+                               "x + u adds the whole way from the image to the noise", lambda x, t, s, u: x + u),
+            Mistake("swapped", "the velocity is what Δt scales: x + (t_next − t)·u, not u + (t_next − t)·x",
+                    lambda x, t, s, u: u + (s - t) * x),
         ]
