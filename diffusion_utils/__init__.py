@@ -48,7 +48,7 @@ from .ode_paths import ode_gap, plot_ode_paths, plot_path_coefficients
 from .training import TrainState, ema_decay_at, make_ema, train_step
 from .run import TrainingInterrupted, TrainingRun, TrainResult, run_training
 from .run_hooks import RunHooks
-from .config import DATA_ENV, PRESET_ENV, TrainConfig, preset_from_env, resolve_device
+from .config import DATA_ENV, PRESET_ENV, TrainConfig, eval_samples_from_env, preset_from_env, resolve_device
 
 from .data.data import ImageDataset, batches_per_epoch, load_dataset, load_held_out, make_synthetic_flowers
 from .evaluation.evaluation import SamplerRun, evaluate_samplers, fewest_calls_matching
@@ -88,7 +88,7 @@ __all__ = [
     "DenoisingSlider", "DiffusionError", "PRETRAINED", "export_pretrained", "load_pretrained", "pretrained_card", "FeatureExtractorError", "InceptionFeatures", "KIDResult",
     "RandomConvFeatures", "compute_fid", "compute_kid", "extract_features", "SamplerRun", "evaluate_samplers", "fewest_calls_matching", "ImageDataset", "NoiseSchedule", "TrainConfig", "TrainResult",
     "RunFolderError", "TrainingDiverged", "TrainingInterrupted", "Trajectory", "UNet", "count_parameters", "denoising_slider", "grid_image",
-    "load_checkpoint", "load_dataset", "load_held_out", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
+    "load_checkpoint", "load_dataset", "load_held_out", "load_model", "load_trained_or_pretrained", "TrainState", "train_step", "diffusion_loss", "preset_from_env", "eval_samples_from_env", "make_ema", "make_synthetic_flowers", "p_sample",
     "plot_epoch_table", "plot_image_rows", "plot_loss", "loss_label", "plot_sampler_comparison", "plot_sampler_curve", "plot_schedules", "resolve_device", "sample", "sample_trajectory",
     "save_animation", "save_stages_animation", "save_checkpoint", "save_grid", "save_large_sample", "show_images",
     "sinusoidal_embedding", "timesteps_for", "to_uint8", "train", "upsample", "upsample_trajectory", "sample_cascade", "ConditionedModel", "noised_condition",

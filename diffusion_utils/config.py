@@ -15,6 +15,8 @@ Two environment variables let notebooks and CI switch mode without editing a cel
 - ``DIFFUSION_DATA``: ``flowers102``, ``synthetic`` or a path to a folder of images.
 - ``DIFFUSION_EPOCHS``: train this many epochs instead of the preset's (CI sets 2, so the notebooks
   only check that training runs; a learner leaves it unset).
+- ``DIFFUSION_EVAL_SAMPLES``: score each sampler setting on this many samples instead of the
+  notebook's (CI sets 50, so notebook 05 only checks that scoring runs; see :func:`eval_samples_from_env`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .schedule import LOSS_WEIGHTINGS, PREDICTIONS
 PRESET_ENV = "DIFFUSION_PRESET"
 DATA_ENV = "DIFFUSION_DATA"
 EPOCHS_ENV = "DIFFUSION_EPOCHS"
+EVAL_ENV = "DIFFUSION_EVAL_SAMPLES"
 SCHEDULES = ("linear", "cosine")
 LR_DECAYS = ("none", "cosine")
 TASKS = ("generate", "sr")
@@ -381,5 +384,21 @@ def preset_from_env(default: str = "auto") -> str:
     return name
 
 
+def eval_samples_from_env(default: int) -> int:
+    """``$DIFFUSION_EVAL_SAMPLES`` if set, else ``default``: the samples a notebook scores per setting.
+
+    Scoring is Inception features for every image (≈ 0.25 s each on one CPU core), so CI sets a
+    small count to check that the evaluation runs; a learner leaves it unset and gets the notebook's.
+    """
+    value = os.environ.get(EVAL_ENV, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 2:
+        raise ConfigError(f"{EVAL_ENV}={value!r} must be a whole number of samples, at least 2; set it to e.g. 50, "
+                          f"or unset it for the notebook's")
+    return int(value)
+
+
 # resolve_device lives in checks.py; the top level and older scripts import it from here.
-__all__ = ["TrainConfig", "PRESETS", "PRESET_ENV", "DATA_ENV", "preset_from_env", "resolve_device"]
+__all__ = ["TrainConfig", "PRESETS", "PRESET_ENV", "DATA_ENV", "EVAL_ENV", "eval_samples_from_env", "preset_from_env",
+           "resolve_device"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion_utils import DATA_ENV, PRESET_ENV, ConfigError, TrainConfig, UNet
-from diffusion_utils.config import EPOCHS_ENV
+from diffusion_utils.config import EPOCHS_ENV, EVAL_ENV, eval_samples_from_env
 
 
 def test_defaults_are_the_original_design():
@@ -130,6 +130,21 @@ def test_from_env_reads_the_epochs_and_refuses_a_bad_count(monkeypatch):
     monkeypatch.setenv(EPOCHS_ENV, "0")
     with pytest.raises(ConfigError, match="num_epochs"):
         TrainConfig.from_env()
+
+
+def test_the_eval_sample_count_comes_from_the_environment_or_the_notebook(monkeypatch):
+    """DIFFUSION_EVAL_SAMPLES (CI's short scoring in notebook 05) replaces the notebook's count; unset or
+    blank it is the notebook's; anything but a whole number ≥ 2 is one line naming the variable."""
+    monkeypatch.delenv(EVAL_ENV, raising=False)
+    assert eval_samples_from_env(200) == 200
+    monkeypatch.setenv(EVAL_ENV, " ")
+    assert eval_samples_from_env(200) == 200
+    monkeypatch.setenv(EVAL_ENV, " 50 ")
+    assert eval_samples_from_env(200) == 50
+    for bad in ("fifty", "-5", "1", "0", "2.5"):
+        monkeypatch.setenv(EVAL_ENV, bad)
+        with pytest.raises(ConfigError, match=f"DIFFUSION_EVAL_SAMPLES={bad!r} must be a whole number"):
+            eval_samples_from_env(200)
 
 
 def test_from_env_without_variables_uses_the_default_preset():
